@@ -1,0 +1,150 @@
+"""The compact sample store every data source decodes into, once.
+
+A :class:`SampleStore` holds all images of a source as one uint8 array plus, per sample, an
+integer class id and an integer domain id. Episodes, tasks and feature extraction index into
+it; nothing is ever decoded per episode.
+
+Example:
+    >>> import numpy as np
+    >>> store = SampleStore(
+    ...     images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 0, 1, 1]),
+    ...     domains=np.array([0, 0, 0, 0]), class_names=["a", "b"], domain_names=["latin"],
+    ...     class_domain=np.array([0, 0]))
+    >>> store.num_classes, store.image_shape
+    (2, (8, 8))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SampleStore:
+    """All samples of a source, decoded.
+
+    Attributes:
+        images: ``(N, H, W)`` grayscale or ``(N, H, W, 3)`` RGB, uint8.
+        labels: ``(N,)`` int64 class id of each sample, in ``[0, num_classes)``.
+        domains: ``(N,)`` int64 domain id of each sample, in ``[0, num_domains)``.
+        class_names: name of each class id (unique).
+        domain_names: name of each domain id (unique).
+        class_domain: ``(num_classes,)`` domain id of each class (a class lives in one domain).
+        meta: free-form provenance (source name, options, font list, ...), JSON-serialisable.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    domains: np.ndarray
+    class_names: list[str]
+    domain_names: list[str]
+    class_domain: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.dtype != np.uint8 or self.images.ndim not in (3, 4):
+            raise ValueError(f"images must be uint8 (N,H,W) or (N,H,W,3), got {self.images.dtype} {self.images.shape}")
+        if self.labels.shape != (n,) or self.domains.shape != (n,):
+            raise ValueError("labels and domains must have one entry per image")
+        if len(self.class_domain) != len(self.class_names):
+            raise ValueError("class_domain must have one entry per class")
+        if n and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise ValueError("labels out of range of class_names")
+        if n and (self.domains.min() < 0 or self.domains.max() >= len(self.domain_names)):
+            raise ValueError("domains out of range of domain_names")
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_domains(self) -> int:
+        return len(self.domain_names)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def samples_by_class(self) -> list[np.ndarray]:
+        """Sample ids of each class, sorted, indexed by class id."""
+        order = np.argsort(self.labels, kind="stable")
+        bounds = np.searchsorted(self.labels[order], np.arange(self.num_classes + 1))
+        return [order[bounds[c] : bounds[c + 1]] for c in range(self.num_classes)]
+
+    def fingerprint(self) -> str:
+        """A content hash: equal stores have equal fingerprints (used as a cache key)."""
+        h = hashlib.sha256()
+        for arr in (self.images, self.labels, self.domains, self.class_domain):
+            h.update(str(arr.shape).encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(json.dumps([self.class_names, self.domain_names]).encode())
+        return h.hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the store to ``path`` (``.npz``) atomically: readers never see half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+        os.close(fd)
+        try:
+            np.savez(
+                tmp, images=self.images, labels=self.labels, domains=self.domains,
+                class_domain=self.class_domain,
+                names=np.array(json.dumps({"classes": self.class_names, "domains": self.domain_names,
+                                           "meta": self.meta})),
+            )
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SampleStore":
+        with np.load(path, allow_pickle=False) as z:
+            names = json.loads(str(z["names"]))
+            return cls(images=z["images"], labels=z["labels"].astype(np.int64),
+                       domains=z["domains"].astype(np.int64), class_names=names["classes"],
+                       domain_names=names["domains"], class_domain=z["class_domain"].astype(np.int64),
+                       meta=names["meta"])
+
+
+def build_store(images: list[np.ndarray] | np.ndarray, class_keys: list[tuple[str, str]],
+                meta: dict | None = None) -> SampleStore:
+    """Assemble a store from images and their ``(domain, class)`` names.
+
+    Class and domain ids are assigned in sorted name order, so the same inputs in any order
+    give the same ids.
+
+    Args:
+        images: one uint8 array per sample, all of one shape.
+        class_keys: ``(domain_name, class_name)`` of each sample. A class name is made unique
+            across domains by prefixing its domain (``"greek/alpha"``).
+        meta: provenance to keep with the store.
+    """
+    if len(images) != len(class_keys):
+        raise ValueError("one (domain, class) key per image")
+    domain_names = sorted({d for d, _ in class_keys})
+    full = [f"{d}/{c}" for d, c in class_keys]
+    class_names = sorted(set(full))
+    dom_id = {d: i for i, d in enumerate(domain_names)}
+    cls_id = {c: i for i, c in enumerate(class_names)}
+    class_domain = np.array([dom_id[c.split("/", 1)[0]] for c in class_names], np.int64)
+    return SampleStore(
+        images=np.ascontiguousarray(np.stack(images)) if len(images) else np.zeros((0, 1, 1), np.uint8),
+        labels=np.array([cls_id[c] for c in full], np.int64),
+        domains=np.array([dom_id[d] for d, _ in class_keys], np.int64),
+        class_names=class_names, domain_names=domain_names, class_domain=class_domain,
+        meta=dict(meta or {}),
+    )
