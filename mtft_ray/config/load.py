@@ -1,0 +1,91 @@
+"""Load, override, validate, hash and save experiment configs.
+
+Example:
+    >>> cfg = load_config(None, ["finetune.lr=1e-4", "eval.shots=[1]"])
+    >>> cfg.finetune.lr, cfg.eval.shots
+    (0.0001, [1])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mtft_ray.config.schema import ExperimentConfig, format_validation_error
+from mtft_ray.errors import MtftError
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"finetune.lr=1e-4"`` → ``(["finetune", "lr"], 1e-4)``; the value is parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise MtftError(f"override {item!r} is not of the form key.path=value")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set dotted keys in a nested dict (creating sections as needed); returns ``raw``."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise MtftError(f"override {item!r}: {part!r} is not a section")
+            node = node[part]
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MtftError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise MtftError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise MtftError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
+def validate(model: type[BaseModel], raw: dict, where: str) -> BaseModel:
+    """Validate ``raw`` against ``model``; errors name each bad key with its dotted path."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise MtftError(f"{where}: {format_validation_error(e)}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The experiment config from a YAML file (``None``: the built-in default) plus overrides."""
+    raw = read_yaml(path) if path else {}
+    apply_overrides(raw, overrides or [])
+    where = str(path) if path else "default config"
+    if overrides:
+        where += f" (with overrides {' '.join(overrides)})"
+    return validate(ExperimentConfig, raw, where)
+
+
+def config_hash(cfg: BaseModel) -> str:
+    """A short, stable hash of the resolved config (key order does not matter)."""
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def save_resolved(cfg: BaseModel, out_dir: str | Path) -> str:
+    """Write ``config.yaml`` (every default filled in) and return the config hash."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    digest = config_hash(cfg)
+    text = f"# resolved config, hash {digest}\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    (out / "config.yaml").write_text(text)
+    return digest

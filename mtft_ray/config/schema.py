@@ -1,0 +1,166 @@
+"""The experiment config: pydantic models that reject unknown keys.
+
+One YAML file per experiment maps onto :class:`ExperimentConfig`. Every section has defaults,
+so an empty file is the built-in default experiment (glyphs, EfficientNet-Lite0).
+
+Example:
+    >>> cfg = ExperimentConfig.model_validate({"finetune": {"lr": 1e-4}})
+    >>> cfg.tasks.m  # samples per task = n_way * (n_shot + n_query)
+    25
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """Pydantic's errors as one line: ``unknown key 'data.foo'; tasks.M: ...``."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key {loc!r}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Strict):
+    """How classes are split into finetuning (source), validation and target sets.
+
+    ``by: domain`` holds whole domains out (glyphs: held-out scripts, like Omniglot's
+    background/evaluation split); ``by: class`` splits the classes of every domain.
+    Explicit domain lists win over counts.
+    """
+
+    by: Literal["domain", "class"] = "domain"
+    target_domains: list[str] | int = 8
+    val_domains: list[str] | int = 3
+    target_fraction: float = Field(0.3, gt=0, lt=1)  # for by: class
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # for by: class
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    source: str = "glyphs"
+    options: dict = Field(default_factory=dict)  # validated by the source's own Options model
+    image_size: int = Field(64, ge=16, le=1024)
+    cache_dir: str | None = None  # default: $MTFT_RAY_CACHE or ~/.cache/mtft-ray
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="after")
+    def _check_options(self) -> "DataConfig":
+        from mtft_ray.data.sources import get_source  # late: sources import the config
+
+        try:
+            get_source(self.source).Options.model_validate(self.options)
+        except ValidationError as e:
+            raise ValueError(f"options of source {self.source!r}: {format_validation_error(e)}") from None
+        return self
+
+    def source_options(self) -> BaseModel:
+        """The validated options model of the chosen source."""
+        from mtft_ray.data.sources import get_source
+
+        return get_source(self.source).Options.model_validate(self.options)
+
+
+class BackboneConfig(_Strict):
+    name: str = "tf_efficientnet_lite0"
+    weights: Literal["package", "hub", "file", "none"] = "package"
+    weights_path: str | None = None
+
+    @model_validator(mode="after")
+    def _path_for_file(self) -> "BackboneConfig":
+        if self.weights == "file" and not self.weights_path:
+            raise ValueError("backbone.weights is 'file' but backbone.weights_path is not set")
+        return self
+
+
+class TaskConfig(_Strict):
+    """The finetuning tasks: M tasks of n_way classes, n_shot + n_query samples per class."""
+
+    n_way: int = Field(5, ge=2)
+    n_shot: int = Field(1, ge=1)
+    n_query: int = Field(4, ge=1)
+    M: int = Field(400, ge=1)
+    within_domain: bool = True  # all classes of a task from one domain (as in Meta-Dataset)
+    seed: int = 0
+
+    @property
+    def m(self) -> int:
+        """Samples per task."""
+        return self.n_way * (self.n_shot + self.n_query)
+
+
+class FinetuneConfig(_Strict):
+    """Multitask finetuning (the paper's Algorithm 2)."""
+
+    epochs: int = Field(2, ge=1)
+    tasks_per_step: int = Field(1, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    lr_temperature: float = Field(1e-2, ge=0)  # own parameter group, so tau can move
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    init_temperature: float = Field(10.0, gt=0)
+    freeze_bn: bool = True
+    val_episodes: int = Field(300, ge=1)
+    val_queries: int = Field(9, ge=1)  # queries per class of validation episodes
+    seed: int = 0
+
+
+class StandardConfig(_Strict):
+    """The standard-finetuning baseline: linear probe, then full finetune with cross-entropy
+    over the pooled source classes, on the same images with the same budget."""
+
+    lr: float = Field(1e-3, gt=0)
+    head_lr: float = Field(1e-2, gt=0)
+    probe_fraction: float = Field(0.2, ge=0, lt=1)  # share of the budget spent on the probe
+    batch_size: int = Field(25, ge=1)
+
+
+class EvalConfig(_Strict):
+    n_way: int = Field(5, ge=2)
+    shots: list[int] = Field(default_factory=lambda: [1, 5])
+    n_query: int = Field(15, ge=1)
+    episodes: int = Field(2000, ge=1)
+    seed: int = 0
+
+    @field_validator("shots")
+    @classmethod
+    def _shots_positive(cls, v: list[int]) -> list[int]:
+        if not v or min(v) < 1:
+            raise ValueError("eval.shots must be a non-empty list of positive integers")
+        return v
+
+
+class RunConfig(_Strict):
+    batch_size: int = Field(128, ge=1)  # inference batch for feature extraction
+    threads: int | None = None  # torch intra-op threads (default: torch's choice)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True
+
+
+Method = Literal["direct", "standard", "multitask"]
+
+
+class ExperimentConfig(_Strict):
+    name: str = "default"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    tasks: TaskConfig = Field(default_factory=TaskConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    standard: StandardConfig = Field(default_factory=StandardConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    methods: list[Method] = Field(default_factory=lambda: ["direct", "standard", "multitask"])
