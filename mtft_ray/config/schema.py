@@ -107,7 +107,9 @@ class FinetuneConfig(_Strict):
     epochs: int = Field(2, ge=1)
     tasks_per_step: int = Field(1, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
+    # measured on glyphs (120 tasks, 1 epoch, validation 5-way 1-shot; pretrained 77%):
+    # 1e-4 -> 95%, 3e-4 -> 92%, 1e-3 -> 63% (and 84% with BN statistics left training)
+    lr: float = Field(1e-4, gt=0)
     lr_temperature: float = Field(1e-2, ge=0)  # own parameter group, so tau can move
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -122,8 +124,10 @@ class StandardConfig(_Strict):
     """The standard-finetuning baseline: linear probe, then full finetune with cross-entropy
     over the pooled source classes, on the same images with the same budget."""
 
-    lr: float = Field(1e-3, gt=0)
-    head_lr: float = Field(1e-2, gt=0)
+    # measured on glyphs: AdamW at 1e-3 (the multitask rate) collapses the features under a
+    # 1000+-class CE head; 1e-4 with a 1e-3 probe is the strongest setting tried
+    lr: float = Field(1e-4, gt=0)
+    head_lr: float = Field(1e-3, gt=0)
     probe_fraction: float = Field(0.2, ge=0, lt=1)  # share of the budget spent on the probe
     batch_size: int = Field(25, ge=1)
 
@@ -141,6 +145,30 @@ class EvalConfig(_Strict):
         if not v or min(v) < 1:
             raise ValueError("eval.shots must be a non-empty list of positive integers")
         return v
+
+
+class SelectionConfig(_Strict):
+    """Which source tasks to finetune on (the paper's Algorithm 1 and its ablations).
+
+    ``level: domain`` selects whole source domains and then draws the M finetuning tasks from
+    their classes, so every strategy gets the same budget; ``level: task`` selects tasks from a
+    pool of ``pool_size`` candidates and finetunes on exactly those.
+    """
+
+    strategy: Literal["all", "selected", "random", "no_consistency", "no_diversity"] = "all"
+    level: Literal["domain", "task"] = "domain"
+    measure: Literal["mahalanobis", "coverage"] = "coverage"
+    k: int | None = Field(None, ge=1)  # for random / no_diversity; default: the k 'selected' finds
+    pool_size: int = Field(2000, ge=1)  # candidate tasks (task level) / tasks that describe domains
+    rel_tol: float = Field(0.01, ge=0)
+    patience: int = Field(3, ge=1)
+    min_k: int = Field(1, ge=1)
+    max_k: int | None = Field(None, ge=1)
+    shrinkage: float | None = Field(None, ge=0, le=1)  # None: Ledoit-Wolf
+    target_domain: str | None = None  # select for (and evaluate on) one held-out domain
+    target_samples: int = Field(100, ge=1)  # unlabelled target samples the selection sees
+    ablation_targets: list[str] | int = 4  # `select --ablation`: target domains, or how many
+    seed: int = 0
 
 
 class RunConfig(_Strict):
@@ -162,5 +190,6 @@ class ExperimentConfig(_Strict):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     standard: StandardConfig = Field(default_factory=StandardConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     methods: list[Method] = Field(default_factory=lambda: ["direct", "standard", "multitask"])

@@ -1,0 +1,181 @@
+"""The ``mtft-ray`` command line.
+
+Examples:
+    mtft-ray run                                   # the built-in default experiment
+    mtft-ray run sweeps/tiny.yaml tasks.M=200 --out runs/m200
+    mtft-ray evaluate --checkpoint runs/m200/multitask.pt --out runs/m200-eval
+    mtft-ray bench episodes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from mtft_ray.errors import MtftError
+
+
+def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG] [key=value ...]`` → (config path or None, overrides)."""
+    config, overrides = None, []
+    for a in args:
+        if "=" in a:
+            overrides.append(a)
+        elif config is None:
+            config = a
+        else:
+            raise MtftError(f"unexpected argument {a!r}: give one CONFIG file, then key=value overrides")
+    return config, overrides
+
+
+def format_table(results: list[dict]) -> str:
+    """Accuracy rows as an aligned text table (one line per method and shot)."""
+    lines = [f"{'method':<10} {'setting':<16} {'accuracy':>9} {'95% CI':>8} {'episodes':>9}"]
+    for r in results:
+        setting = f"{r['n_way']}-way {r['n_shot']}-shot"
+        lines.append(f"{r['method']:<10} {setting:<16} {100 * r['acc']:>8.2f}% {100 * r['ci95']:>7.2f} "
+                     f"{r['episodes']:>9}")
+    return "\n".join(lines)
+
+
+def _cmd_run(ns: argparse.Namespace) -> int:
+    from mtft_ray.config import load_config
+    from mtft_ray.experiment import run_experiment
+
+    path, overrides = _split_args(ns.args)
+    cfg = load_config(path, overrides)
+    if ns.no_progress:
+        cfg.run.progress = False
+    out = Path(ns.out or f"runs/{cfg.name}")
+    result = run_experiment(cfg, out)
+    print(f"\n{cfg.name}: M={result['M']} tasks x m={result['m']} samples "
+          f"(M*m={result['M'] * result['m']}), config {result['config_hash']}")
+    print(format_table(result["results"]))
+    print(f"\nwrote {out / 'result.json'} in {result['seconds']['total']:.0f}s")
+    return 0
+
+
+def _cmd_evaluate(ns: argparse.Namespace) -> int:
+    import torch
+
+    from mtft_ray.config import load_config
+    from mtft_ray.experiment import Experiment
+    from mtft_ray.io import atomic_write_json
+
+    path, overrides = _split_args(ns.args)
+    cfg = load_config(path, overrides)
+    if ns.no_progress:
+        cfg.run.progress = False
+    exp = Experiment(cfg)
+    model = exp.backbone()
+    method = "direct"
+    if ns.checkpoint:
+        ckpt = Path(ns.checkpoint)
+        if not ckpt.is_file():
+            raise MtftError(f"checkpoint not found: {ckpt}")
+        try:
+            model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        except RuntimeError as e:
+            raise MtftError(f"checkpoint {ckpt} does not fit backbone {cfg.backbone.name}: {str(e)[:200]}") from None
+        method = ckpt.stem
+    rows = [{"method": method, **r} for r in exp.target.evaluate(model, use_cache=not ns.checkpoint)]
+    out = Path(ns.out or f"runs/{cfg.name}-eval")
+    atomic_write_json(out / "evaluation.json", {"checkpoint": ns.checkpoint, "results": rows, **exp.describe()})
+    print(format_table(rows))
+    print(f"\nwrote {out / 'evaluation.json'}")
+    return 0
+
+
+def _cmd_select(ns: argparse.Namespace) -> int:
+    from mtft_ray.ablation import format_ablation, run_ablation, run_selection
+    from mtft_ray.config import load_config
+
+    path, overrides = _split_args(ns.args)
+    cfg = load_config(path, overrides)
+    if ns.no_progress:
+        cfg.run.progress = False
+    out = Path(ns.out or f"runs/{cfg.name}-{'ablation' if ns.ablation else 'selection'}")
+    if ns.ablation:
+        doc = run_ablation(cfg, out)
+        print(format_ablation(doc))
+        print(f"\nwrote {out / 'ablation.json'} in {doc['seconds']:.0f}s")
+        return 0
+    doc = run_selection(cfg, out)
+    print(f"{doc['strategy']} ({doc['level']} level, {doc['measure'] or 'fixed k'}) for {doc['target']}: "
+          f"k={doc['k']} -> {doc['selected_names']}")
+    print(f"diversity {doc['diversity']:.3f}  coverage {doc['coverage']:.3f}  "
+          f"mean consistency {doc['mean_consistency']:.3f}  ({doc['M']} finetuning tasks)")
+    print(f"wrote {out / 'selection.json'} and {out / 'selection.png'}")
+    return 0
+
+
+def _cmd_bench(ns: argparse.Namespace) -> int:
+    if ns.what == "episodes":
+        from mtft_ray.evaluation.bench import bench_episodes
+
+        result = bench_episodes()
+    else:
+        from mtft_ray.selection.bench import bench_selection
+
+        result = bench_selection()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtft-ray", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="multitask finetuning + few-shot evaluation of one experiment, with baselines",
+                         description="Run finetuning and evaluation of one experiment and write DIR/result.json. "
+                                     "No CONFIG runs the built-in default experiment (glyphs, EfficientNet-Lite0).")
+    run.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
+                     help="an experiment YAML, then dotted overrides such as finetune.lr=1e-4")
+    run.add_argument("--out", help="output directory (default runs/<name>)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(fn=_cmd_run)
+
+    ev = sub.add_parser("evaluate", help="few-shot evaluation of a checkpoint, or of the pretrained backbone alone")
+    ev.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]")
+    ev.add_argument("--checkpoint", help="a state dict written by 'mtft-ray run' (default: pretrained backbone)")
+    ev.add_argument("--out", help="output directory (default runs/<name>-eval)")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(fn=_cmd_evaluate)
+
+    sel = sub.add_parser("select", help="consistency-diversity task selection for a target; --ablation compares strategies",
+                         description="Select finetuning tasks (or domains) for a target with the paper's Algorithm 1 "
+                                     "and write DIR/selection.json + selection.png. With --ablation, finetune and "
+                                     "evaluate every strategy per target domain and write DIR/ablation.json.")
+    sel.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]")
+    sel.add_argument("--ablation", action="store_true",
+                     help="finetune + evaluate random / no_consistency / no_diversity / selected / all per target")
+    sel.add_argument("--out", help="output directory")
+    sel.add_argument("--no-progress", action="store_true")
+    sel.set_defaults(fn=_cmd_select)
+
+    bench = sub.add_parser("bench", help="benchmarks that print JSON")
+    bench.add_argument("what", choices=["episodes", "selection"])
+    bench.set_defaults(fn=_cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("MTFT_RAY_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return ns.fn(ns)
+    except MtftError as e:
+        print(f"mtft-ray: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mtft-ray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Few-shot evaluation of a backbone on a class split: fixed episodes, cached features.
+
+The episodes are sampled once per (split, seed, shot) and reused for every model evaluated,
+so every method in a report is scored on the identical episodes.
+
+Example:
+    >>> ev = EpisodeEvaluator(store, split.target, cfg.eval)  # doctest: +SKIP
+    >>> ev.evaluate(model)  # [{"n_way": 5, "n_shot": 1, "acc": 0.61, "ci95": 0.01, "episodes": 2000}, ...]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtft_ray.config.schema import EvalConfig
+from mtft_ray.data.store import SampleStore
+from mtft_ray.evaluation.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
+from mtft_ray.evaluation.features import FeatureCache, embed
+from mtft_ray.models.backbones import model_fingerprint
+
+
+class SplitFeatures:
+    """Features of a fixed set of store samples, optionally through the on-disk cache."""
+
+    def __init__(self, store: SampleStore, sample_ids: np.ndarray, *, batch_size: int = 128,
+                 device: torch.device | str = "cpu", cache: FeatureCache | None = None, progress: bool = False,
+                 name: str = "split") -> None:
+        self.sample_ids = np.asarray(sample_ids, np.int64)
+        self.images = torch.from_numpy(store.images)
+        self.batch_size, self.device = batch_size, torch.device(device)
+        self.cache, self.progress, self.name = cache, progress, name
+        self._data_fp = store.fingerprint()
+
+    def features(self, model: nn.Module, use_cache: bool = False) -> torch.Tensor:
+        """``(len(sample_ids), d)`` features; from the cache when ``use_cache`` and present (then stored)."""
+        key = None
+        if use_cache and self.cache is not None:
+            key = FeatureCache.key(model_fingerprint(model), self._data_fp, self.sample_ids)
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit
+        feats = embed(model, self.images, self.sample_ids, self.batch_size, self.device, self.progress,
+                      desc=f"embedding {self.name}")
+        if key is not None:
+            self.cache.put(key, feats)
+        return feats
+
+
+class EpisodeEvaluator:
+    """Nearest-centroid few-shot accuracy on the classes ``class_ids`` of a store."""
+
+    def __init__(self, store: SampleStore, class_ids: np.ndarray, cfg: EvalConfig, *, batch_size: int = 128,
+                 device: torch.device | str = "cpu", cache: FeatureCache | None = None, progress: bool = False,
+                 name: str = "target", max_per_class: int | None = None) -> None:
+        sample_ids = np.flatnonzero(np.isin(store.labels, class_ids))
+        if max_per_class is not None:  # embed only the first samples of each class (cheaper validation)
+            by_class = store.samples_by_class()
+            sample_ids = np.sort(np.concatenate([by_class[c][:max_per_class] for c in class_ids]))
+        self.split = SplitFeatures(store, sample_ids, batch_size=batch_size, device=device, cache=cache,
+                                   progress=progress, name=name)
+        self.sample_ids, self.cfg = sample_ids, cfg
+        self.labels = store.labels[sample_ids]
+        # episode indices point into the rows of this split's feature matrix
+        self.episodes: dict[int, Episodes] = {
+            shot: sample_episodes(self.labels, cfg.n_way, shot, cfg.n_query, cfg.episodes, seed=cfg.seed * 1000 + shot)
+            for shot in cfg.shots
+        }
+
+    def features(self, model: nn.Module, use_cache: bool = False) -> torch.Tensor:
+        return self.split.features(model, use_cache)
+
+    def evaluate_features(self, features: torch.Tensor) -> list[dict]:
+        out = []
+        for shot, eps in self.episodes.items():
+            acc, ci = mean_ci95(episode_accuracy(features, eps))
+            out.append({"n_way": self.cfg.n_way, "n_shot": shot, "acc": acc, "ci95": ci, "episodes": eps.n_episodes})
+        return out
+
+    def evaluate(self, model: nn.Module, use_cache: bool = False) -> list[dict]:
+        return self.evaluate_features(self.features(model, use_cache))
