@@ -98,12 +98,17 @@ def choose_tasks(data: SelectionData, strategy: str, domain: str | None, k: int 
                  pool: Pool | None = None) -> Chosen:
     """Run one strategy and turn its choice into the finetuning task set.
 
+    ``k`` sizes the fixed-size strategies (``random``, ``no_diversity``); without it they take
+    ``selection.k``, else the k that ``selected`` finds. Other strategies ignore it.
+
     Domain level: the M finetuning tasks are drawn (as usual, seeded) from the classes of the
     selected domains only. Task level: the selected candidate tasks themselves.
     """
     exp, sel = data.exp, data.exp.cfg.selection
     pool = pool or data.make_pool(domain)
-    if strategy in ("random", "no_diversity") and k is None:
+    if strategy not in ("random", "no_diversity"):
+        k = None  # the other strategies size themselves (plateau rule, or the whole pool)
+    elif k is None:
         k = sel.k or select_from_pool("selected", pool, **_walk(sel)).k
     result = select_from_pool(strategy, pool, k=k, seed=sel.seed, **_walk(sel))
     if sel.level == "domain":
