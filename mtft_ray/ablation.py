@@ -31,14 +31,19 @@ log = logging.getLogger("mtft_ray")
 ABLATION_ORDER = ("selected", "random", "no_consistency", "no_diversity", "all")
 
 
-def run_selection(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
-    """Select finetuning tasks for the configured target; write ``selection.json`` and ``selection.png``."""
+def _start(cfg: ExperimentConfig, out_dir: str | Path, result: str) -> tuple[Path, str, Experiment]:
+    """Output folder with the resolved config and no stale ``result`` file; seeds; the experiment."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "selection.json").unlink(missing_ok=True)
+    (out / result).unlink(missing_ok=True)
     digest = save_resolved(cfg, out)
     seed_everything(cfg.seed)
-    exp = Experiment(cfg)
+    return out, digest, Experiment(cfg)
+
+
+def run_selection(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
+    """Select finetuning tasks for the configured target; write ``selection.json`` and ``selection.png``."""
+    out, digest, exp = _start(cfg, out_dir, "selection.json")
     data = SelectionData(exp, exp.backbone())
     strategy = "selected" if cfg.selection.strategy == "all" else cfg.selection.strategy
     chosen = choose_tasks(data, strategy, cfg.selection.target_domain)
@@ -52,13 +57,8 @@ def run_selection(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
 
 def run_ablation(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
     """Every strategy, finetuned and evaluated on each target domain's identical episodes."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").unlink(missing_ok=True)
-    digest = save_resolved(cfg, out)
-    seed_everything(cfg.seed)
     t_start = time.perf_counter()
-    exp = Experiment(cfg)
+    out, digest, exp = _start(cfg, out_dir, "ablation.json")
     pretrained = exp.backbone()
     data = SelectionData(exp, pretrained)
     validate = exp.validate if exp.val is not None and cfg.finetune.epochs > 1 else None
