@@ -111,6 +111,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").unlink(missing_ok=True)  # a stale result must not look like this run's
     digest = save_resolved(cfg, out)
+    if cfg.train.workers and "multitask" in cfg.methods:
+        from mtft_ray.train.distributed import preflight
+
+        preflight(cfg, out)  # storage, resume spec and cluster size fail here, before anything trains
     seed_everything(cfg.seed)
     t_start = time.perf_counter()
     exp = Experiment(cfg)
@@ -130,7 +134,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
             rows = exp.target.evaluate(model, use_cache=True)
         else:
             validate = exp.validate if exp.val is not None else None
-            if method == "multitask":
+            if method == "multitask" and cfg.train.workers:
+                from mtft_ray.train.distributed import finetune_distributed
+
+                run = finetune_distributed(cfg, tasks, out)  # on Ray Train workers; best checkpoint from storage
+                state, hist = run.best_state, run.history
+                atomic_write_json(out / "multitask_run.json", run.summary())
+            elif method == "multitask":
                 state, hist = finetune_multitask(model, tasks, exp.images, cfg.finetune, validate=validate,
                                                  device=exp.device, progress=cfg.run.progress)
             else:

@@ -44,18 +44,53 @@ def format_table(results: list[dict]) -> str:
 
 def _cmd_run(ns: argparse.Namespace) -> int:
     from mtft_ray.config import load_config
-    from mtft_ray.experiment import run_experiment
 
     path, overrides = _split_args(ns.args)
+    if ns.workers is not None:
+        overrides.append(f"train.workers={ns.workers}")
+    if ns.gpu:
+        overrides.append("train.use_gpu=true")
     cfg = load_config(path, overrides)
     if ns.no_progress:
         cfg.run.progress = False
     out = Path(ns.out or f"runs/{cfg.name}")
+    if ns.dry_run:
+        return _dry_run(cfg, out)
+    storage = None
+    if cfg.storage.path:
+        from mtft_ray.storage import probe_storage
+        from mtft_ray.train.distributed import run_storage
+
+        storage = run_storage(cfg, out)
+        probe_storage(storage, cfg.storage)  # fail before anything trains
+
+    from mtft_ray.experiment import run_experiment
+
     result = run_experiment(cfg, out)
     print(f"\n{cfg.name}: M={result['M']} tasks x m={result['m']} samples "
           f"(M*m={result['M'] * result['m']}), config {result['config_hash']}")
     print(format_table(result["results"]))
     print(f"\nwrote {out / 'result.json'} in {result['seconds']['total']:.0f}s")
+    if storage is not None:
+        written = storage.upload_dir(out, exclude=("train",))
+        print(f"copied {len(written)} result files to {storage.uri()}")
+    return 0
+
+
+def _dry_run(cfg, out: Path) -> int:
+    """Print resources, batch arithmetic and storage of a run; train nothing."""
+    from mtft_ray.train.distributed import RAY_RUN_NAME, run_storage
+    from mtft_ray.train.plan import batch_plan, format_plan
+
+    plan = batch_plan(cfg)
+    print(format_plan(plan))
+    if cfg.selection.strategy != "all" and cfg.selection.level == "task":
+        print(f"note:      task-level selection picks the tasks; M={plan.M} is the configured upper bound")
+    if cfg.train.workers:
+        where = run_storage(cfg, out)
+        print(f"storage:   checkpoints in {where.uri(RAY_RUN_NAME)}"
+              + (f" (endpoint {where.endpoint})" if where.endpoint else ""))
+    print(f"output:    {out}/result.json (dry run: nothing trained)")
     return 0
 
 
@@ -138,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an experiment YAML, then dotted overrides such as finetune.lr=1e-4")
     run.add_argument("--out", help="output directory (default runs/<name>)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="run multitask finetuning on N Ray Train workers (train.workers; 0: in this process)")
+    run.add_argument("--gpu", action="store_true", help="one GPU per worker (train.use_gpu)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print resources, batch arithmetic and storage, then exit without training")
     run.set_defaults(fn=_cmd_run)
 
     ev = sub.add_parser("evaluate", help="few-shot evaluation of a checkpoint, or of the pretrained backbone alone")

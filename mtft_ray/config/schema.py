@@ -178,6 +178,68 @@ class RunConfig(_Strict):
     progress: bool = True
 
 
+class DeepSpeedConfig(_Strict):
+    """DeepSpeed settings of ``train.strategy: deepspeed``. Batch sizes are not set here: they are
+    derived in code from ``finetune.tasks_per_step`` and the number of workers."""
+
+    zero_stage: int = 2
+    bf16: bool | None = None  # None: bf16 on GPU, fp32 on CPU
+
+    @field_validator("zero_stage")
+    @classmethod
+    def _stage(cls, v: int) -> int:
+        if v not in (1, 2, 3):
+            raise ValueError(f"ZeRO stage must be 1, 2 or 3, got {v}")
+        return v
+
+
+class TrainConfig(_Strict):
+    """Where multitask finetuning runs: in this process (``workers: 0``) or on Ray Train workers.
+
+    With workers, each step takes ``finetune.tasks_per_step`` distinct tasks on every worker, so a
+    step covers ``tasks_per_step * workers`` tasks and an epoch is still the M tasks.
+    """
+
+    workers: int = Field(0, ge=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, ge=0)
+    gpus_per_worker: float | None = Field(None, ge=0)  # default: 1 with use_gpu
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)  # extra custom resources
+    torch_threads: int | None = Field(None, ge=1)  # per worker (default: CPUs per worker, at least 1)
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    max_failures: int = Field(0, ge=-1)  # worker-group restarts from the last checkpoint (-1: forever)
+    checkpoints_to_keep: int = Field(2, ge=1)  # by validation score; the latest is always kept too
+    fail_at_step: int | None = Field(None, ge=1)  # test hook: rank 0 raises once at this global step
+
+    @model_validator(mode="after")
+    def _gpu_resources(self) -> "TrainConfig":
+        if self.gpus_per_worker and not self.use_gpu:
+            raise ValueError("train.gpus_per_worker is set but train.use_gpu is false")
+        if self.strategy == "deepspeed" and self.deepspeed.bf16 and not self.use_gpu:
+            raise ValueError("train.deepspeed.bf16 needs train.use_gpu (bf16 autocast is GPU-only here)")
+        return self
+
+
+class StorageConfig(_Strict):
+    """Where distributed runs keep checkpoints and results: a local folder or ``s3://bucket/prefix``.
+
+    Credentials come only from the standard AWS chain (environment, profile, instance role);
+    an S3-compatible service is reached through ``endpoint_url`` or ``$AWS_ENDPOINT_URL``.
+    """
+
+    path: str | None = None  # default: the run's output folder
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v and "://" in v and not v.startswith(("s3://", "file://")):
+            raise ValueError(f"storage.path must be a local path or s3://bucket/prefix, got {v!r}")
+        return v
+
+
 Method = Literal["direct", "standard", "multitask"]
 
 
@@ -192,4 +254,6 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     methods: list[Method] = Field(default_factory=lambda: ["direct", "standard", "multitask"])

@@ -50,7 +50,8 @@ class PrototypeHead(nn.Module):
 
     def __init__(self, init_temperature: float = 10.0) -> None:
         super().__init__()
-        self.temperature = nn.Parameter(torch.tensor(float(init_temperature)))
+        # shape (1,), not a scalar: DeepSpeed broadcasts parameters as bytes, which 0-d tensors cannot be viewed as
+        self.temperature = nn.Parameter(torch.full((1,), float(init_temperature)))
 
     def forward(self, features: torch.Tensor, n_way: int, n_shot: int, n_query: int) -> tuple[torch.Tensor, float]:
         logits = prototype_logits(features.float(), n_way, n_shot, n_query, self.temperature)

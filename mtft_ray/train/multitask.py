@@ -1,9 +1,13 @@
-"""Multitask finetuning (the paper's Algorithm 2) as a plain loop a Ray Train worker can run.
+"""Multitask finetuning (the paper's Algorithm 2): the epoch loop shared by one process and Ray workers.
 
 A fixed task set is revisited every epoch in a seeded order; each step encodes the support
 and query samples of ``tasks_per_step`` tasks in one forward pass and minimises the prototype
 loss. After each epoch the backbone is scored on validation episodes and the best epoch's
 weights are kept.
+
+With several workers every step takes ``tasks_per_step`` distinct tasks on each of them
+(:func:`epoch_steps`), and :func:`run_epoch` scales the loss so the averaged gradient is the
+single-process mean over the step's tasks; :mod:`mtft_ray.train.worker` runs it under Ray Train.
 
 Example:
     >>> best_state, history = finetune_multitask(model, tasks, images, cfg.finetune,
@@ -27,7 +31,9 @@ from mtft_ray.evaluation.features import autocast
 from mtft_ray.models.backbones import freeze_batchnorm_stats, normalization, to_input
 from mtft_ray.progress import progress as progress_bar
 from mtft_ray.tasks.pool import TaskSet
+from mtft_ray.train.collective import all_reduce_sum
 from mtft_ray.train.loss import PrototypeHead
+from mtft_ray.train.strategies import Strategy, TorchStrategy
 
 Validate = Callable[[nn.Module], float]
 
@@ -77,11 +83,121 @@ def shard_steps(order: np.ndarray, tasks_per_step: int, world_size: int = 1, ran
     return out
 
 
+@dataclass(frozen=True)
+class Step:
+    """One optimizer step as one rank sees it.
+
+    Attributes:
+        tasks: this rank's task indices (distinct from every other rank's).
+        n_global: tasks in the whole step, over all ranks.
+    """
+
+    tasks: np.ndarray
+    n_global: int
+
+
+def epoch_steps(n_tasks: int, epoch: int, cfg: FinetuneConfig, world_size: int = 1, rank: int = 0) -> list[Step]:
+    """This rank's steps of ``epoch``: :func:`shard_steps` plus each step's global task count."""
+    order = task_order(n_tasks, epoch, cfg.seed)
+    return [Step(g[rank::world_size], len(g))
+            for g in shard_steps(order, cfg.tasks_per_step * world_size) if len(g) >= world_size]
+
+
+class EpisodicModel(nn.Module):
+    """The backbone and the prototype head as one module, so DDP and DeepSpeed see every parameter.
+
+    ``forward`` encodes the samples of ``n_tasks`` episodes in one pass (bf16 autocast on GPU)
+    and returns each task's loss (fp32 head) and accuracy.
+    """
+
+    def __init__(self, backbone: nn.Module, head: PrototypeHead) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor, n_tasks: int, n_way: int, n_shot: int, n_query: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(x.device):
+            feats = self.backbone(x)
+        m = n_way * (n_shot + n_query)
+        losses, accs = [], []
+        for j in range(n_tasks):
+            l_j, a_j = self.head(feats[j * m : (j + 1) * m], n_way, n_shot, n_query)
+            losses.append(l_j)
+            accs.append(a_j)
+        return torch.stack(losses), torch.tensor(accs, dtype=torch.float64)
+
+
+def param_groups(net: EpisodicModel, cfg: FinetuneConfig) -> list[dict]:
+    """The backbone at ``cfg.lr``; the temperature in its own group at ``cfg.lr_temperature``."""
+    return [{"params": [p for p in net.backbone.parameters() if p.requires_grad], "lr": cfg.lr},
+            {"params": list(net.head.parameters()), "lr": cfg.lr_temperature, "weight_decay": 0.0}]
+
+
+@dataclass
+class EpochResult:
+    """What one epoch did, reduced over ranks.
+
+    Attributes:
+        stats: the epoch's summary (global images and steps, mean loss and accuracy).
+        step_losses: the loss of every step: the mean over the step's tasks on all ranks.
+    """
+
+    stats: EpochStats
+    step_losses: list[float]
+
+
+def train_epoch(strategy: Strategy, net: EpisodicModel, tasks: TaskSet, images: torch.Tensor,
+                steps: list[Step], *, device: torch.device, world_size: int = 1,
+                before_step: Callable[[int], None] | None = None, first_step: int = 0,
+                progress: bool = False, desc: str = "multitask") -> tuple[list[float], float, int, float]:
+    """Run ``steps`` through ``strategy``; returns (step losses, mean task accuracy, images, seconds).
+
+    Each rank's loss is ``world_size / n_global * sum(its task losses)``: DDP and DeepSpeed
+    average gradients over ranks, so the update is the gradient of the mean loss over all the
+    step's tasks, exactly as one process taking every task would compute it.
+
+    The model must already be in training mode (BatchNorm statistics frozen or not).
+
+    Args:
+        before_step: called with the 1-based global step number before each step (test hook).
+        first_step: global steps done before this epoch.
+    """
+    mean, std = normalization(net.backbone)
+    bar = progress_bar(steps, progress, desc=desc, unit="step", leave=False)
+    t0, local_losses, acc_sum, n_acc, n_images = time.perf_counter(), [], 0.0, 0, 0
+    for k, step in enumerate(bar):
+        if before_step:
+            before_step(first_step + k + 1)
+        strategy.zero_grad()
+        ids = np.concatenate([tasks.episode_samples(i) for i in step.tasks])
+        batch = images.index_select(0, torch.from_numpy(ids)).to(device, non_blocking=True)
+        losses, accs = strategy.module(to_input(batch, mean, std), len(step.tasks), tasks.n_way, tasks.n_shot,
+                                       tasks.n_query)
+        loss = 0.0
+        for l_j in losses:
+            loss = loss + l_j / step.n_global
+        if world_size > 1:
+            loss = loss * world_size
+        strategy.backward(loss)
+        strategy.step()
+        local_losses.append(loss.item())
+        acc_sum, n_acc, n_images = acc_sum + float(accs.sum()), n_acc + len(accs), n_images + len(ids)
+        bar.set_postfix(loss=f"{np.mean(local_losses[-20:]):.3f}", acc=f"{acc_sum / n_acc:.2f}", refresh=False)
+    seconds = time.perf_counter() - t0
+    totals = all_reduce_sum(np.array([*local_losses, acc_sum, n_acc, n_images, seconds]))
+    step_losses = (totals[: len(steps)] / world_size).tolist()
+    acc, images_total = totals[-4] / max(totals[-3], 1), int(totals[-2])
+    return step_losses, float(acc), images_total, float(totals[-1] / world_size)
+
+
 def finetune_multitask(model: nn.Module, tasks: TaskSet, images: torch.Tensor, cfg: FinetuneConfig, *,
                        validate: Validate | None = None, device: torch.device | str = "cpu",
                        progress: bool = False, on_epoch: Callable[[EpochStats], None] | None = None,
                        ) -> tuple[dict[str, torch.Tensor], list[EpochStats]]:
     """Finetune ``model`` in place on ``tasks``; return the best epoch's state dict and the history.
+
+    This is the one-process path; Ray Train workers run the same epoch function
+    (:func:`run_epoch`) through :mod:`mtft_ray.train.worker`.
 
     Args:
         model: a timm feature extractor (``num_classes=0``).
@@ -94,45 +210,45 @@ def finetune_multitask(model: nn.Module, tasks: TaskSet, images: torch.Tensor, c
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     model.to(device)
-    head = PrototypeHead(cfg.init_temperature).to(device)
-    mean, std = normalization(model)
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr},
-              {"params": list(head.parameters()), "lr": cfg.lr_temperature, "weight_decay": 0.0}]
-    opt = make_optimizer(groups, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    net = EpisodicModel(model, PrototypeHead(cfg.init_temperature)).to(device)
+    opt = make_optimizer(param_groups(net, cfg), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    strategy = TorchStrategy(net, opt)
 
     history: list[EpochStats] = []
     best_acc, best_state = -math.inf, None
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        if cfg.freeze_bn:
-            freeze_batchnorm_stats(model)
-        steps = shard_steps(task_order(len(tasks), epoch, cfg.seed), cfg.tasks_per_step)
-        bar = progress_bar(steps, progress, desc=f"multitask epoch {epoch}/{cfg.epochs}", unit="step", leave=False)
-        t0, losses, accs, n_images = time.perf_counter(), [], [], 0
-        for step in bar:
-            opt.zero_grad(set_to_none=True)
-            ids = np.concatenate([tasks.episode_samples(i) for i in step])
-            batch = images.index_select(0, torch.from_numpy(ids)).to(device, non_blocking=True)
-            with autocast(device):
-                feats = model(to_input(batch, mean, std))
-            loss = 0.0
-            for j in range(len(step)):
-                l_j, a_j = head(feats[j * tasks.m : (j + 1) * tasks.m], tasks.n_way, tasks.n_shot, tasks.n_query)
-                loss = loss + l_j / len(step)
-                accs.append(a_j)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            n_images += len(ids)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{np.mean(accs[-20:]):.2f}", refresh=False)
-        seconds = time.perf_counter() - t0
-        val = validate(model) if validate else None
-        stats = EpochStats(epoch, float(np.mean(losses)), float(np.mean(accs)), val, head.temperature.item(),
-                           len(steps), n_images, seconds)
-        history.append(stats)
+        result = run_epoch(strategy, net, tasks, images, cfg, epoch, device=device,
+                           validate=(lambda: validate(model)) if validate else None, progress=progress)
+        history.append(result.stats)
         if on_epoch:
-            on_epoch(stats)
+            on_epoch(result.stats)
+        val = result.stats.val_acc
         score = val if val is not None else epoch
         if score > best_acc:
             best_acc, best_state = score, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
     return best_state, history
+
+
+def run_epoch(strategy: Strategy, net: EpisodicModel, tasks: TaskSet, images: torch.Tensor, cfg: FinetuneConfig,
+              epoch: int, *, device: torch.device, world_size: int = 1, rank: int = 0,
+              validate: Callable[[], float] | None = None, before_step: Callable[[int], None] | None = None,
+              first_step: int = 0, progress: bool = False) -> EpochResult:
+    """One epoch of multitask finetuning on this rank, then validation; stats reduced over ranks.
+
+    Args:
+        validate: scores the current model (every rank calls it; it must return the same value
+            on all of them).
+        before_step: called with the 1-based global step number before each step.
+        first_step: global steps done before this epoch.
+    """
+    steps = epoch_steps(len(tasks), epoch, cfg, world_size, rank)
+    strategy.module.train()
+    if cfg.freeze_bn:
+        freeze_batchnorm_stats(net.backbone)
+    step_losses, acc, n_images, seconds = train_epoch(
+        strategy, net, tasks, images, steps, device=device, world_size=world_size, before_step=before_step,
+        first_step=first_step, progress=progress, desc=f"multitask epoch {epoch}/{cfg.epochs}")
+    val = validate() if validate else None
+    temperature = strategy.full_state_dict(net.head)["temperature"].item()
+    stats = EpochStats(epoch, float(np.mean(step_losses)), acc, val, temperature, len(steps), n_images, seconds)
+    return EpochResult(stats, step_losses)
