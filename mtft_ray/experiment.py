@@ -24,7 +24,7 @@ from mtft_ray.config.schema import ExperimentConfig
 from mtft_ray.data.load import cache_root, load_store
 from mtft_ray.data.splits import ClassSplit, split_classes
 from mtft_ray.data.store import SampleStore
-from mtft_ray.evaluation.evaluate import EpisodeEvaluator
+from mtft_ray.evaluation.evaluate import EpisodeEvaluator, validation_evaluator
 from mtft_ray.evaluation.features import FeatureCache
 from mtft_ray.io import atomic_write_json
 from mtft_ray.models.backbones import create_backbone
@@ -64,18 +64,12 @@ class Experiment:
         self.images = torch.from_numpy(self.store.images)
         self.split: ClassSplit = split_classes(self.store, cfg.data.split)
         self.cache = FeatureCache(cache_root(cfg.data))
-        common = dict(batch_size=cfg.run.batch_size, device=self.device, cache=self.cache, progress=cfg.run.progress)
         domain = cfg.selection.target_domain
         self.target = self.target_evaluator(domain)
         if domain is None:
             make_tasks(self.store, self.split.source, cfg.tasks, M=1)  # fail now, not after minutes, if impossible
-        # validation: the first shot setting, few queries, and only the samples those need embedded
-        ft = cfg.finetune
-        val_eval = cfg.eval.model_copy(update={"shots": [cfg.eval.shots[0]], "episodes": ft.val_episodes,
-                                               "n_query": ft.val_queries, "seed": cfg.eval.seed + 1})
-        self.val = (EpisodeEvaluator(self.store, self.split.val, val_eval, name="validation",
-                                     max_per_class=cfg.eval.shots[0] + ft.val_queries, **common)
-                    if len(self.split.val) else None)
+        self.val = validation_evaluator(cfg, self.store, self.split.val, device=self.device, cache=self.cache,
+                                        progress=cfg.run.progress)
 
     def target_evaluator(self, domain: str | None) -> EpisodeEvaluator:
         """Episodes on the whole target split, or on one held-out target domain."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtft_ray.config.schema import EvalConfig
+from mtft_ray.config.schema import EvalConfig, ExperimentConfig
 from mtft_ray.data.store import SampleStore
 from mtft_ray.evaluation.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
 from mtft_ray.evaluation.features import FeatureCache, embed
@@ -80,3 +80,18 @@ class EpisodeEvaluator:
 
     def evaluate(self, model: nn.Module, use_cache: bool = False) -> list[dict]:
         return self.evaluate_features(self.features(model, use_cache))
+
+
+def validation_evaluator(cfg: ExperimentConfig, store: SampleStore, val_classes: np.ndarray, *,
+                         device: torch.device | str = "cpu", cache: FeatureCache | None = None,
+                         progress: bool = False) -> EpisodeEvaluator | None:
+    """The validation episodes epochs are scored on: the first shot setting, ``val_queries``
+    queries per class, and only the samples those need embedded. ``None`` without validation classes."""
+    if not len(val_classes):
+        return None
+    ft = cfg.finetune
+    val_eval = cfg.eval.model_copy(update={"shots": [cfg.eval.shots[0]], "episodes": ft.val_episodes,
+                                           "n_query": ft.val_queries, "seed": cfg.eval.seed + 1})
+    return EpisodeEvaluator(store, val_classes, val_eval, name="validation", batch_size=cfg.run.batch_size,
+                            device=device, cache=cache, progress=progress,
+                            max_per_class=cfg.eval.shots[0] + ft.val_queries)

@@ -28,7 +28,7 @@ from mtft_ray.config.schema import ExperimentConfig
 from mtft_ray.data.load import load_store
 from mtft_ray.data.splits import split_classes
 from mtft_ray.data.store import SampleStore
-from mtft_ray.evaluation.evaluate import EpisodeEvaluator
+from mtft_ray.evaluation.evaluate import EpisodeEvaluator, validation_evaluator
 from mtft_ray.evaluation.features import embed
 from mtft_ray.models.backbones import create_backbone
 from mtft_ray.storage import open_storage
@@ -41,18 +41,6 @@ from mtft_ray.train.strategies import build_strategy
 
 Report = Callable[[dict, Path, int], None]
 
-
-
-def validation_evaluator(cfg: ExperimentConfig, store: SampleStore, device: torch.device) -> EpisodeEvaluator | None:
-    """The validation episodes :class:`mtft_ray.experiment.Experiment` scores epochs on (same settings)."""
-    split = split_classes(store, cfg.data.split)
-    if not len(split.val):
-        return None
-    ft = cfg.finetune
-    val_eval = cfg.eval.model_copy(update={"shots": [cfg.eval.shots[0]], "episodes": ft.val_episodes,
-                                           "n_query": ft.val_queries, "seed": cfg.eval.seed + 1})
-    return EpisodeEvaluator(store, split.val, val_eval, name="validation", batch_size=cfg.run.batch_size,
-                            device=device, max_per_class=cfg.eval.shots[0] + ft.val_queries)
 
 
 def sharded_validate(val: EpisodeEvaluator, backbone: nn.Module, images: torch.Tensor, *, device: torch.device,
@@ -101,7 +89,7 @@ def run_worker(cfg: ExperimentConfig, tasks: TaskSet, *, rank: int, world_size: 
     torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
     store = load_store(cfg.data, seed=cfg.seed)
     images = torch.from_numpy(store.images)
-    val = validation_evaluator(cfg, store, device)
+    val = validation_evaluator(cfg, store, split_classes(store, cfg.data.split).val, device=device)
     torch.manual_seed(ft.seed)
     b = cfg.backbone
     backbone = create_backbone(b.name, b.weights, b.weights_path)
