@@ -21,41 +21,24 @@ import numpy as np
 from mtft_ray.config.schema import TaskConfig
 from mtft_ray.data.store import SampleStore
 from mtft_ray.errors import MtftError
+from mtft_ray.evaluation.episodes import Episodes
 from mtft_ray.io import atomic_write_text
 
 
 @dataclass(frozen=True)
-class TaskSet:
-    """M tasks; sample ids index the store.
+class TaskSet(Episodes):
+    """M finetuning tasks: fixed episodes whose sample ids index the store.
 
-    Attributes:
-        classes: ``(M, n_way)`` class ids.
-        support: ``(M, n_way, n_shot)`` sample ids.
-        query: ``(M, n_way, n_query)`` sample ids.
+    Attributes (beyond :class:`Episodes`' ``support``, ``query``, ``classes``):
         domains: ``(M,)`` domain id of each task (-1 when a task mixes domains).
         ids: ``(M,)`` the task index each task was seeded with.
     """
 
-    classes: np.ndarray
-    support: np.ndarray
-    query: np.ndarray
     domains: np.ndarray
     ids: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.classes)
-
-    @property
-    def n_way(self) -> int:
-        return self.classes.shape[1]
-
-    @property
-    def n_shot(self) -> int:
-        return self.support.shape[2]
-
-    @property
-    def n_query(self) -> int:
-        return self.query.shape[2]
+        return self.n_episodes
 
     @property
     def m(self) -> int:
@@ -63,8 +46,8 @@ class TaskSet:
 
     def subset(self, index: np.ndarray | list[int]) -> "TaskSet":
         index = np.asarray(index, np.int64)
-        return TaskSet(self.classes[index], self.support[index], self.query[index], self.domains[index],
-                       self.ids[index])
+        return TaskSet(support=self.support[index], query=self.query[index], classes=self.classes[index],
+                       domains=self.domains[index], ids=self.ids[index])
 
     def episode_samples(self, i: int) -> np.ndarray:
         """Sample ids of task ``i`` in forward order: supports class-major, then queries class-major."""
@@ -117,8 +100,8 @@ def make_tasks(store: SampleStore, class_ids: np.ndarray, cfg: TaskConfig, M: in
         classes[row], domains[row] = chosen, d
         for j, c in enumerate(chosen):
             samples[row, j] = rng.choice(by_class[c], need, replace=False)
-    return TaskSet(classes, samples[:, :, : cfg.n_shot].copy(), samples[:, :, cfg.n_shot :].copy(), domains,
-                   np.arange(start, start + M))
+    return TaskSet(support=samples[:, :, : cfg.n_shot].copy(), query=samples[:, :, cfg.n_shot :].copy(),
+                   classes=classes, domains=domains, ids=np.arange(start, start + M))
 
 
 def write_manifest(path: str | Path, tasks: TaskSet, store: SampleStore, extra: dict | None = None) -> None:
