@@ -32,6 +32,17 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
+def _load(ns: argparse.Namespace, extra_overrides: list[str] = ()):
+    """The experiment config named by ``[CONFIG] [key=value ...]``, plus flag-derived overrides."""
+    from mtft_ray.config import load_config
+
+    path, overrides = _split_args(ns.args)
+    cfg = load_config(path, overrides + list(extra_overrides))
+    if getattr(ns, "no_progress", False):
+        cfg.run.progress = False
+    return cfg
+
+
 def format_table(results: list[dict]) -> str:
     """Accuracy rows as an aligned text table (one line per method and shot)."""
     lines = [f"{'method':<10} {'setting':<16} {'accuracy':>9} {'95% CI':>8} {'episodes':>9}"]
@@ -43,16 +54,8 @@ def format_table(results: list[dict]) -> str:
 
 
 def _cmd_run(ns: argparse.Namespace) -> int:
-    from mtft_ray.config import load_config
-
-    path, overrides = _split_args(ns.args)
-    if ns.workers is not None:
-        overrides.append(f"train.workers={ns.workers}")
-    if ns.gpu:
-        overrides.append("train.use_gpu=true")
-    cfg = load_config(path, overrides)
-    if ns.no_progress:
-        cfg.run.progress = False
+    extra = [f"train.workers={ns.workers}"] if ns.workers is not None else []
+    cfg = _load(ns, extra + (["train.use_gpu=true"] if ns.gpu else []))
     out = Path(ns.out or f"runs/{cfg.name}")
     if ns.dry_run:
         return _dry_run(cfg, out)
@@ -97,14 +100,10 @@ def _dry_run(cfg, out: Path) -> int:
 def _cmd_evaluate(ns: argparse.Namespace) -> int:
     import torch
 
-    from mtft_ray.config import load_config
     from mtft_ray.experiment import Experiment
     from mtft_ray.io import atomic_write_json
 
-    path, overrides = _split_args(ns.args)
-    cfg = load_config(path, overrides)
-    if ns.no_progress:
-        cfg.run.progress = False
+    cfg = _load(ns)
     exp = Experiment(cfg)
     model = exp.backbone()
     method = "direct"
@@ -127,12 +126,8 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
 
 def _cmd_select(ns: argparse.Namespace) -> int:
     from mtft_ray.ablation import format_ablation, run_ablation, run_selection
-    from mtft_ray.config import load_config
 
-    path, overrides = _split_args(ns.args)
-    cfg = load_config(path, overrides)
-    if ns.no_progress:
-        cfg.run.progress = False
+    cfg = _load(ns)
     out = Path(ns.out or f"runs/{cfg.name}-{'ablation' if ns.ablation else 'selection'}")
     if ns.ablation:
         doc = run_ablation(cfg, out)
@@ -159,6 +154,39 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
         result = bench_selection()
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _cmd_sweep(ns: argparse.Namespace) -> int:
+    """Ray Tune + Optuna over an experiment's keys; ``--dry-run`` prints the space and cost only."""
+    from mtft_ray.sweep import load_sweep
+    from mtft_ray.sweep.space import TRAIN_RATE_IMG_S, estimate_images, trial_count
+    from mtft_ray.sweep.tuner import format_trials, local_resources, run_sweep, trial_plan
+
+    path, overrides = _split_args(ns.args)
+    if path is None:
+        raise MtftError("give a sweep YAML (e.g. sweeps/quickstart.yaml)")
+    sweep, base = load_sweep(path, overrides)
+    out = Path(ns.out or f"runs/sweeps/{sweep.name}")
+    keys = list(sweep.search.space)
+    if ns.dry_run:
+        cluster = {"CPU": float(os.cpu_count() or 1), **local_resources(sweep, base)}
+        plan = trial_plan(sweep, base, cluster)
+        n = trial_count(sweep)
+        images = estimate_images(sweep, base)
+        minutes = n * images / TRAIN_RATE_IMG_S / plan.concurrency / 60
+        print(f"sweep:       {sweep.name} ({sweep.search.algorithm}, {sweep.search.mode} {sweep.search.metric})")
+        for k, d in sweep.search.space.items():
+            print(f"  {k}: {d.describe()}")
+        print(f"trials:      {n}, {plan.concurrency} at a time on {cluster} (each holds {plan.per_trial})")
+        print(f"cost:        ~{images:.0f} finetuning images per trial (M*m*epochs) at ~{TRAIN_RATE_IMG_S:.0f} img/s "
+              f"-> ~{minutes:.1f} min of training, plus feature caching and evaluation")
+        print(f"output:      {out}/trials.csv (dry run: nothing trained)")
+        return 0
+    rows = run_sweep(sweep, base, out, resume=ns.resume)
+    print(format_trials(rows, keys, sweep.search.metric))
+    failed = sum(r["status"] != "TERMINATED" for r in rows)
+    print(f"\n{len(rows)} trials ({failed} failed); wrote {out / 'trials.csv'}")
+    return 1 if rows and failed == len(rows) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--out", help="output directory")
     sel.add_argument("--no-progress", action="store_true")
     sel.set_defaults(fn=_cmd_select)
+
+    sw = sub.add_parser("sweep", help="Ray Tune + Optuna sweep over task subsets, M, m, shots, learning rate",
+                        description="Run a sweep YAML (base experiment + search space) with Ray Tune and write "
+                                    "DIR/trials.csv. Rerunning the same command resumes an interrupted sweep.")
+    sw.add_argument("args", nargs="+", metavar="CONFIG [key=value ...]",
+                    help="a sweep YAML, then dotted overrides of the sweep file (search.num_samples=2)")
+    sw.add_argument("--out", help="sweep directory (default runs/sweeps/<name>)")
+    sw.add_argument("--dry-run", action="store_true", help="print the space, trial count, concurrency and cost; exit")
+    sw.add_argument("--resume", action="store_true",
+                    help="continue the sweep stored in --out even if its config differs from CONFIG")
+    sw.set_defaults(fn=_cmd_sweep)
 
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
     bench.add_argument("what", choices=["episodes", "selection"])
