@@ -14,7 +14,7 @@ Example:
     >>> r["max_abs_diff"], r["reencode_s"]
     (0.0, None)
 
-From a shell (full size, about a minute on 2 cores): ``python -m mtft_ray.evaluation.bench``.
+From a shell (full size, about 15 s on 2 idle cores): ``python -m mtft_ray.evaluation.bench``.
 """
 
 from __future__ import annotations
