@@ -160,7 +160,8 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
     """Ray Tune + Optuna over an experiment's keys; ``--dry-run`` prints the space and cost only."""
     from mtft_ray.sweep import load_sweep
     from mtft_ray.sweep.space import TRAIN_RATE_IMG_S, estimate_images, trial_count
-    from mtft_ray.sweep.tuner import format_trials, local_resources, run_sweep, trial_plan
+    from mtft_ray.sweep.tuner import format_trials, local_resources, run_sweep
+    from mtft_ray.sweep.tuner import trial_plan as plan_trials
 
     path, overrides = _split_args(ns.args)
     if path is None:
@@ -170,7 +171,7 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
     keys = list(sweep.search.space)
     if ns.dry_run:
         cluster = {"CPU": float(os.cpu_count() or 1), **local_resources(sweep, base)}
-        plan = trial_plan(sweep, base, cluster)
+        plan = plan_trials(sweep, base, cluster)
         n = trial_count(sweep)
         images = estimate_images(sweep, base)
         minutes = n * images / TRAIN_RATE_IMG_S / plan.concurrency / 60
@@ -184,8 +185,12 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
         return 0
     rows = run_sweep(sweep, base, out, resume=ns.resume)
     print(format_trials(rows, keys, sweep.search.metric))
-    failed = sum(r["status"] != "TERMINATED" for r in rows)
-    print(f"\n{len(rows)} trials ({failed} failed); wrote {out / 'trials.csv'}")
+    failed = sum(r["status"] == "ERROR" for r in rows)
+    incomplete = sum(r["status"] == "INCOMPLETE" for r in rows)
+    print(f"\n{len(rows)} trials ({failed} failed, {incomplete} incomplete); wrote {out / 'trials.csv'}")
+    if incomplete:
+        print("interrupted: rerun the same command to resume the sweep", file=sys.stderr)
+        return 130
     return 1 if rows and failed == len(rows) else 0
 
 

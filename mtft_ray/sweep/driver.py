@@ -1,0 +1,81 @@
+"""The trial driver: one Tune trial = one experiment run on a sampled config, reported to Tune.
+
+The driver applies the sampled dotted keys to the base experiment, runs
+:func:`mtft_ray.experiment.run_experiment` in the trial's folder (in this process for
+``train.workers: 0``, on a Ray Train ``TorchTrainer`` for workers >= 1) and reports one result:
+target accuracy ± 95% CI per shot, M, m, M·m, selection diversity/coverage/consistency, time,
+images/s, checkpoint path and config hash. It reports once, at the end (``run_experiment`` has no
+per-epoch hook), so an ASHA scheduler sees a single iteration per trial.
+
+Example:
+    >>> metrics_from_result({"M": 4, "m": 9, "results": [{"method": "multitask", "n_shot": 1,
+    ...     "acc": 0.5, "ci95": 0.1}], "seconds": {"total": 2.0}, "histories": {}, "selection": None,
+    ...     "config_hash": "abc"}, "/tmp/t")["acc_1shot"]
+    0.5
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mtft_ray.config.load import validate
+from mtft_ray.config.schema import ExperimentConfig
+from mtft_ray.sweep.space import apply_params
+
+
+def _primary_method(methods: list[str]) -> str:
+    return "multitask" if "multitask" in methods else methods[-1]
+
+
+def metrics_from_result(result: dict, trial_dir: str | Path) -> dict[str, Any]:
+    """The flat metrics Tune records for a finished experiment (``result.json``'s content)."""
+    methods = list(dict.fromkeys(r["method"] for r in result["results"]))
+    primary = _primary_method(methods) if methods else None
+    out: dict[str, Any] = {"M": result["M"], "m": result["m"], "Mm": result["M"] * result["m"],
+                           "config_hash": result["config_hash"], "seconds": result["seconds"]["total"],
+                           "method": primary}
+    for r in result["results"]:
+        shot = r["n_shot"]
+        out[f"{r['method']}_acc_{shot}shot"] = r["acc"]
+        out[f"{r['method']}_ci95_{shot}shot"] = r["ci95"]
+        if r["method"] == primary:
+            out[f"acc_{shot}shot"], out[f"ci95_{shot}shot"] = r["acc"], r["ci95"]
+    sel = result.get("selection") or {}
+    for key in ("k", "diversity", "coverage", "mean_consistency"):
+        if sel.get(key) is not None:
+            out[f"selection_{key}"] = sel[key]
+    hist = (result.get("histories") or {}).get(primary) or []
+    if hist:
+        images, secs = sum(h["images"] for h in hist), sum(h["seconds"] for h in hist)
+        out["train_seconds"] = round(secs, 2)
+        out["images_per_s"] = round(images / secs, 1) if secs else 0.0
+        val = [h["val_acc"] for h in hist if h.get("val_acc") is not None]
+        if val:
+            out["val_acc"] = max(val)
+    ckpt = Path(trial_dir) / f"{primary}.pt"
+    if ckpt.is_file():
+        out["checkpoint"] = str(ckpt.resolve())
+    return out
+
+
+def trial_driver(params: dict[str, Any], base: dict, threads: int | None = None) -> None:
+    """Tune function trainable: run the experiment for ``params`` and ``ray.tune.report`` its metrics.
+
+    Args:
+        params: sampled values keyed by dotted experiment keys (Tune's ``config``).
+        base: the resolved base experiment (a raw dict); bound with ``tune.with_parameters``.
+        threads: torch threads when ``run.threads`` is not set (the trial's CPU share).
+    """
+    from ray import tune
+
+    from mtft_ray.experiment import run_experiment
+
+    raw = apply_params(base, params)
+    cfg = validate(ExperimentConfig, raw, f"trial config {params}")
+    cfg.run.progress = False
+    if cfg.run.threads is None and threads:
+        cfg.run.threads = threads
+    trial_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    result = run_experiment(cfg, trial_dir)
+    tune.report(metrics_from_result(result, trial_dir))

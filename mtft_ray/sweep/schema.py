@@ -1,0 +1,160 @@
+"""The sweep YAML: a base experiment config, a search space over its dotted keys, and how to search.
+
+Example sweep file::
+
+    name: quickstart
+    base: default.yaml            # or an inline experiment mapping
+    overrides: [methods=[multitask], eval.shots=[1]]
+    search:
+      space:
+        selection.strategy: {choice: [selected, random, all]}
+        tasks.M: {int: [25, 100]}
+        finetune.lr: {float: [1.0e-5, 1.0e-3], log: true}
+      algorithm: optuna           # optuna (TPE) | random | grid
+      metric: acc_1shot
+      mode: max
+      num_samples: 6
+
+Example:
+    >>> s = SweepConfig.model_validate({"search": {"space": {"tasks.M": {"choice": [25, 100]}}}})
+    >>> s.search.algorithm, s.search.metric
+    ('optuna', 'acc_1shot')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mtft_ray.config.load import apply_overrides, read_yaml, validate
+from mtft_ray.config.schema import ExperimentConfig, StorageConfig
+from mtft_ray.errors import MtftError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Distribution(_Strict):
+    """One searched key: exactly one of ``choice``, ``int: [lo, hi]``, ``float: [lo, hi]`` (+ ``log``)."""
+
+    choice: list[Any] | None = None
+    int_: tuple[int, int] | None = Field(None, alias="int")
+    float_: tuple[float, float] | None = Field(None, alias="float")
+    log: bool = False
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        given = [k for k, v in (("choice", self.choice), ("int", self.int_), ("float", self.float_)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of choice / int / float, got {given or 'none'}")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice is empty")
+        lo_hi = self.int_ or self.float_
+        if lo_hi is not None:
+            lo, hi = lo_hi
+            if lo > hi:
+                raise ValueError(f"range [{lo}, {hi}] has lo > hi")
+            if self.log and lo <= 0:
+                raise ValueError(f"log range [{lo}, {hi}] must be positive")
+        elif self.log:
+            raise ValueError("log applies to int / float ranges only")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "choice" if self.choice is not None else "int" if self.int_ is not None else "float"
+
+    def probe_values(self) -> list[Any]:
+        """Values that must each validate: every choice, or both ends of a range."""
+        return list(self.choice) if self.choice is not None else list(self.int_ or self.float_)
+
+    def describe(self) -> str:
+        if self.choice is not None:
+            return f"choice {self.choice}"
+        lo, hi = self.int_ or self.float_
+        return f"{self.kind} [{lo}, {hi}]" + (" log" if self.log else "")
+
+
+class SearchConfig(_Strict):
+    space: dict[str, Distribution] = Field(min_length=1)
+    algorithm: Literal["optuna", "random", "grid"] = "optuna"
+    metric: str = "acc_1shot"  # target accuracy of the finetuned method, 1-shot
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(4, ge=1)  # grid: repeats of the whole grid
+
+
+class AshaConfig(_Strict):
+    grace_period: int = Field(1, ge=1)
+    max_t: int = Field(10, ge=1)
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class SchedulerConfig(_Strict):
+    asha: AshaConfig | None = None
+
+
+class SweepConfig(_Strict):
+    name: str = "sweep"
+    base: str | dict = Field(default_factory=dict)  # experiment YAML path (relative to the sweep file) or mapping
+    overrides: list[str] = Field(default_factory=list)  # dotted overrides applied to the base
+    search: SearchConfig
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    resources: dict[str, float] | None = None  # per trial driver; default computed from train.workers
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    seed: int = 0
+    max_failures: int = Field(0, ge=0)  # retries of a failed trial
+
+
+def sweep_hash(sweep: SweepConfig, base: dict) -> str:
+    """A short hash of the sweep and its resolved base experiment (what resuming must match)."""
+    doc = {"sweep": sweep.model_dump(mode="json", by_alias=True, exclude={"base"}), "base": base}
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def resolve_base(sweep: SweepConfig, where: Path | None) -> dict:
+    """The base experiment as a raw dict (file or inline, plus ``overrides``), validated once."""
+    if isinstance(sweep.base, str):
+        path = Path(sweep.base)
+        if not path.is_absolute() and where is not None:
+            path = where.parent / path
+        raw = read_yaml(path)
+    else:
+        raw = json.loads(json.dumps(sweep.base))  # a deep copy
+    apply_overrides(raw, sweep.overrides)
+    cfg = validate(ExperimentConfig, raw, f"{where or 'sweep'}: base experiment")
+    return cfg.model_dump(mode="json")
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, dict]:
+    """The sweep config and its resolved base experiment, with the search space checked.
+
+    Args:
+        path: the sweep YAML.
+        overrides: dotted overrides of the sweep file (``search.num_samples=2``); keys that are not
+            sweep sections (``tasks.M=50``) are appended to the base experiment's ``overrides``.
+
+    Raises:
+        MtftError: naming the file and the bad key.
+    """
+    from mtft_ray.sweep.space import check_space
+
+    path = Path(path)
+    raw = read_yaml(path)
+    if "search" not in raw:
+        raise MtftError(f"{path}: a sweep file needs a 'search:' section (is this an experiment config? "
+                        f"use 'mtft-ray run')")
+    own = [o for o in overrides or [] if o.split(".", 1)[0].split("=", 1)[0] in SweepConfig.model_fields]
+    raw["overrides"] = list(raw.get("overrides") or []) + [o for o in overrides or [] if o not in own]
+    apply_overrides(raw, own)
+    sweep = validate(SweepConfig, raw, str(path))
+    base = resolve_base(sweep, path)
+    check_space(sweep, base, str(path))
+    return sweep, base

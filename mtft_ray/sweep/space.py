@@ -1,0 +1,106 @@
+"""The search space: checked against the experiment schema, turned into Ray Tune domains, applied.
+
+Example:
+    >>> from mtft_ray.sweep.schema import Distribution
+    >>> apply_params({"tasks": {"M": 10}}, {"tasks.M": 25})
+    {'tasks': {'M': 25}}
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from mtft_ray.config.load import validate
+from mtft_ray.config.schema import ExperimentConfig
+from mtft_ray.errors import MtftError
+from mtft_ray.sweep.schema import Distribution, SweepConfig
+
+TRAIN_RATE_IMG_S = 120.0  # measured multitask finetuning rate on this 2-core machine (EfficientNet-Lite0, 64 px)
+
+
+def apply_params(base: dict, params: dict[str, Any]) -> dict:
+    """A copy of ``base`` with each dotted key of ``params`` set (sections created as needed)."""
+    raw = copy.deepcopy(base)
+    for key, value in params.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = value
+    return raw
+
+
+def check_space(sweep: SweepConfig, base: dict, where: str) -> None:
+    """Fail before any trial if a key is unknown or a value the space can produce is invalid.
+
+    Every choice and both ends of every range are set, one at a time, on the base experiment and
+    validated with :class:`ExperimentConfig`; the metric must name a shot that is evaluated.
+    Data-dependent limits (more ways than classes in a domain) surface when a trial builds its
+    experiment, as that trial's error.
+    """
+    space = sweep.search.space
+    for key, dist in space.items():
+        for value in dist.probe_values():
+            try:
+                validate(ExperimentConfig, apply_params(base, {key: value}), "")
+            except MtftError as e:
+                raise MtftError(f"{where}: search.space.{key}={value!r}: {str(e).removeprefix(': ')}") from None
+    if sweep.search.algorithm == "grid":
+        ranged = [k for k, d in space.items() if d.kind != "choice"]
+        if ranged:
+            raise MtftError(f"{where}: search.algorithm 'grid' needs choice lists; ranges at {ranged}")
+    metric = sweep.search.metric
+    if metric.startswith("acc_") and metric.endswith("shot"):
+        shots = {int(s) for s in ExperimentConfig.model_validate(base).eval.shots}
+        for s in space.get("eval.shots", Distribution(choice=[None])).choice or []:
+            shots &= set(s or shots)
+        shot = metric.removeprefix("acc_").removesuffix("shot")
+        if not shot.isdigit() or int(shot) not in shots:
+            raise MtftError(f"{where}: search.metric {metric!r} is not reported; eval.shots are {sorted(shots)} "
+                            f"(metrics are acc_<shot>shot)")
+
+
+def tune_space(sweep: SweepConfig) -> dict[str, Any]:
+    """The space as Ray Tune domains (keys stay dotted experiment keys)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, d in sweep.search.space.items():
+        if d.choice is not None:
+            out[key] = tune.grid_search(d.choice) if sweep.search.algorithm == "grid" else tune.choice(d.choice)
+        elif d.int_ is not None:
+            lo, hi = d.int_
+            out[key] = tune.lograndint(lo, hi + 1) if d.log else tune.randint(lo, hi + 1)  # inclusive hi
+        else:
+            lo, hi = d.float_
+            out[key] = tune.loguniform(lo, hi) if d.log else tune.uniform(lo, hi)
+    return out
+
+
+def trial_count(sweep: SweepConfig) -> int:
+    """Trials the sweep runs: the grid's size times ``num_samples``, else ``num_samples``."""
+    if sweep.search.algorithm == "grid":
+        return math.prod(len(d.choice) for d in sweep.search.space.values()) * sweep.search.num_samples
+    return sweep.search.num_samples
+
+
+def _mean(d: Distribution) -> float | None:
+    if d.choice is not None:
+        nums = [v for v in d.choice if isinstance(v, (int, float))]
+        return sum(nums) / len(nums) if len(nums) == len(d.choice) else None
+    lo, hi = d.int_ or d.float_
+    return math.sqrt(lo * hi) if d.log else (lo + hi) / 2
+
+
+def estimate_images(sweep: SweepConfig, base: dict) -> float:
+    """Expected finetuning images of one trial: mean M × m × epochs over the space."""
+    cfg = ExperimentConfig.model_validate(base)
+    t, space = cfg.tasks, sweep.search.space
+    get = lambda key, default: (_mean(space[key]) if key in space else None) or default
+    m = get("tasks.n_way", t.n_way) * (get("tasks.n_shot", t.n_shot) + get("tasks.n_query", t.n_query))
+    methods = sum(1 for x in cfg.methods if x != "direct")
+    return get("tasks.M", t.M) * m * get("finetune.epochs", cfg.finetune.epochs) * methods
