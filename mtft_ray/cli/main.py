@@ -248,7 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def local_ray_env() -> None:
+    """Without ``$RAY_ADDRESS`` a command starts its own local Ray: keep its every port on
+    127.0.0.1 and skip the auth token. Ray reads these when imported, so this runs first; set
+    either variable yourself to override."""
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
 def main(argv: list[str] | None = None) -> int:
+    local_ray_env()
     ns = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("MTFT_RAY_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     try:

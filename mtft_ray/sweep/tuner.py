@@ -102,13 +102,9 @@ def local_resources(sweep: SweepConfig, base: dict) -> dict[str, float]:
 
 
 def _ensure_ray(sweep: SweepConfig, base: dict) -> None:
-    import ray
+    from mtft_ray.train.distributed import ensure_ray
 
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-        if not os.environ.get("RAY_ADDRESS"):
-            kwargs["resources"] = local_resources(sweep, base)
-        ray.init(**kwargs)
+    ensure_ray(resources=local_resources(sweep, base))
 
 
 def _search_alg(sweep: SweepConfig, concurrency: int):

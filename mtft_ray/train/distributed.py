@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,12 +71,20 @@ def training_spec(cfg: ExperimentConfig) -> dict:
     return {"hash": hashlib.sha256(blob.encode()).hexdigest()[:12], "spec": spec}
 
 
-def ensure_ray() -> None:
-    """Connect to the Ray cluster (``$RAY_ADDRESS``) or start a local one, once per process."""
+def ensure_ray(resources: dict[str, float] | None = None) -> None:
+    """Connect to the Ray cluster (``$RAY_ADDRESS``) or start a local one, once per process.
+
+    ``resources`` are the custom resources a local cluster declares (ignored when connecting to
+    an existing cluster). The CLI makes a local cluster loopback-only (see ``cli.main.local_ray_env``).
+    """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+    if ray.is_initialized():
+        return
+    kwargs: dict = {"logging_level": logging.WARNING, "include_dashboard": False}
+    if not os.environ.get("RAY_ADDRESS"):
+        kwargs["resources"] = resources or {}
+    ray.init(**kwargs)
 
 
 def check_cluster_fits(train: TrainConfig) -> None:
