@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from mtft_ray.io import atomic_write_json
 from mtft_ray.models.backbones import create_backbone
 from mtft_ray.selection.apply import Chosen, SelectionData, choose_tasks, target_domain_classes
 from mtft_ray.tasks.pool import TaskSet, make_tasks, write_manifest
-from mtft_ray.train.multitask import finetune_multitask
+from mtft_ray.train.multitask import EpochStats, finetune_multitask
 from mtft_ray.train.standard import finetune_standard
 
 log = logging.getLogger("mtft_ray")
@@ -99,8 +100,16 @@ class Experiment:
                 "split": self.split.to_json(self.store)}
 
 
-def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
-    """Run the configured methods and write ``out_dir/result.json``; returns the result."""
+def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, on_epoch: Callable[[EpochStats], None] | None = None,
+                   train_callbacks: Sequence = ()) -> dict:
+    """Run the configured methods and write ``out_dir/result.json``; returns the result.
+
+    Args:
+        on_epoch: called after every epoch of in-process multitask finetuning (a sweep's
+            per-epoch report).
+        train_callbacks: Ray Train callbacks for multitask finetuning on workers (the sweep's
+            ``TuneReportCallback``, which forwards the workers' per-epoch reports to Tune).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").unlink(missing_ok=True)  # a stale result must not look like this run's
@@ -131,12 +140,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
             if method == "multitask" and cfg.train.workers:
                 from mtft_ray.train.distributed import finetune_distributed
 
-                run = finetune_distributed(cfg, tasks, out)  # on Ray Train workers; best checkpoint from storage
+                run = finetune_distributed(cfg, tasks, out, callbacks=train_callbacks)  # best checkpoint from storage
                 state, hist = run.best_state, run.history
                 atomic_write_json(out / "multitask_run.json", run.summary())
             elif method == "multitask":
                 state, hist = finetune_multitask(model, tasks, exp.images, cfg.finetune, validate=validate,
-                                                 device=exp.device, progress=cfg.run.progress)
+                                                 device=exp.device, progress=cfg.run.progress, on_epoch=on_epoch)
             else:
                 state, hist = finetune_standard(model, tasks, exp.store.labels, exp.images, cfg.standard,
                                                 cfg.finetune, validate=validate, device=exp.device,

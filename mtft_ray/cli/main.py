@@ -159,15 +159,15 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
 def _cmd_sweep(ns: argparse.Namespace) -> int:
     """Ray Tune + Optuna over an experiment's keys; ``--dry-run`` prints the space and cost only."""
     from mtft_ray.sweep import load_sweep
-    from mtft_ray.sweep.space import TRAIN_RATE_IMG_S, estimate_images, trial_count
-    from mtft_ray.sweep.tuner import format_trials, local_resources, run_sweep
+    from mtft_ray.sweep.space import TRAIN_RATE_IMG_S, check_data, estimate_images, trial_count
+    from mtft_ray.sweep.tuner import format_trials, local_resources, run_sweep, sweep_storage
     from mtft_ray.sweep.tuner import trial_plan as plan_trials
 
     path, overrides = _split_args(ns.args)
     if path is None:
         raise MtftError("give a sweep YAML (e.g. sweeps/quickstart.yaml)")
     sweep, base = load_sweep(path, overrides)
-    out = Path(ns.out or f"runs/sweeps/{sweep.name}")
+    where = sweep_storage(sweep, ns.out)
     keys = list(sweep.search.space)
     if ns.dry_run:
         cluster = {"CPU": float(os.cpu_count() or 1), **local_resources(sweep, base)}
@@ -181,13 +181,17 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
         print(f"trials:      {n}, {plan.concurrency} at a time on {cluster} (each holds {plan.per_trial})")
         print(f"cost:        ~{images:.0f} finetuning images per trial (M*m*epochs) at ~{TRAIN_RATE_IMG_S:.0f} img/s "
               f"-> ~{minutes:.1f} min of training, plus feature caching and evaluation")
-        print(f"output:      {out}/trials.csv (dry run: nothing trained)")
+        check_data(sweep, base, path)
+        print("data:        every episode shape of the space fits the data")
+        print(f"output:      {where.uri('trials.csv')} (dry run: nothing trained)")
         return 0
-    rows = run_sweep(sweep, base, out, resume=ns.resume)
+    rows = run_sweep(sweep, base, ns.out, resume=ns.resume)
     print(format_trials(rows, keys, sweep.search.metric))
     failed = sum(r["status"] == "ERROR" for r in rows)
     incomplete = sum(r["status"] == "INCOMPLETE" for r in rows)
-    print(f"\n{len(rows)} trials ({failed} failed, {incomplete} incomplete); wrote {out / 'trials.csv'}")
+    stopped = sum(r["status"] == "STOPPED" for r in rows)
+    print(f"\n{len(rows)} trials ({failed} failed, {stopped} stopped early, {incomplete} incomplete); "
+          f"wrote {where.uri('trials.csv')}")
     if incomplete:
         print("interrupted: rerun the same command to resume the sweep", file=sys.stderr)
         return 130
@@ -236,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "DIR/trials.csv. Rerunning the same command resumes an interrupted sweep.")
     sw.add_argument("args", nargs="+", metavar="CONFIG [key=value ...]",
                     help="a sweep YAML, then dotted overrides of the sweep file (search.num_samples=2)")
-    sw.add_argument("--out", help="sweep directory (default runs/sweeps/<name>)")
+    sw.add_argument("--out", help="sweep folder, local or s3://bucket/prefix (default <storage.path>/<name>, "
+                                  "else runs/sweeps/<name>)")
     sw.add_argument("--dry-run", action="store_true", help="print the space, trial count, concurrency and cost; exit")
     sw.add_argument("--resume", action="store_true",
                     help="continue the sweep stored in --out even if its config differs from CONFIG")

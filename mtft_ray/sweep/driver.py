@@ -4,8 +4,9 @@ The driver applies the sampled dotted keys to the base experiment, runs
 :func:`mtft_ray.experiment.run_experiment` in the trial's folder (in this process for
 ``train.workers: 0``, on a Ray Train ``TorchTrainer`` for workers >= 1) and reports one result:
 target accuracy ± 95% CI per shot, M, m, M·m, selection diversity/coverage/consistency, time,
-images/s, checkpoint path and config hash. It reports once, at the end (``run_experiment`` has no
-per-epoch hook), so an ASHA scheduler sees a single iteration per trial.
+images/s, checkpoint path and config hash. Before that it reports once per epoch of multitask
+finetuning (``epoch``, ``val_acc``, train loss, images/s; from Ray Train workers through Tune's
+``TuneReportCallback``): what an ASHA scheduler watches to stop weak trials early.
 
 Example:
     >>> metrics_from_result({"M": 4, "m": 9, "results": [{"method": "multitask", "n_shot": 1,
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from mtft_ray.config.load import validate
-from mtft_ray.config.schema import ExperimentConfig
+from mtft_ray.config.schema import ExperimentConfig, StorageConfig
 from mtft_ray.sweep.space import apply_params
+from mtft_ray.train.multitask import EpochStats
 
 
 def _primary_method(methods: list[str]) -> str:
@@ -59,15 +61,28 @@ def metrics_from_result(result: dict, trial_dir: str | Path) -> dict[str, Any]:
     return out
 
 
-def trial_driver(params: dict[str, Any], base: dict, threads: int | None = None) -> None:
-    """Tune function trainable: run the experiment for ``params`` and ``ray.tune.report`` its metrics.
+def epoch_metrics(stats: EpochStats) -> dict[str, Any]:
+    """A per-epoch report: what ASHA watches (``val_acc``) and training progress; no target accuracy."""
+    out = {"epoch": stats.epoch, "train_loss": stats.train_loss, "train_acc": stats.train_acc,
+           "images_per_s": round(stats.images_per_s, 1)}
+    if stats.val_acc is not None:
+        out["val_acc"] = stats.val_acc
+    return out
+
+
+def trial_driver(params: dict[str, Any], base: dict, threads: int | None = None, storage: dict | None = None) -> None:
+    """Tune function trainable: run the experiment for ``params``, report each epoch and the result.
 
     Args:
         params: sampled values keyed by dotted experiment keys (Tune's ``config``).
         base: the resolved base experiment (a raw dict); bound with ``tune.with_parameters``.
         threads: torch threads when ``run.threads`` is not set (the trial's CPU share).
+        storage: the sweep's S3 storage settings; Ray Train workers of this trial then keep
+            their checkpoints under ``<sweep>/<trial>/train`` there (shared by every node),
+            unless the base experiment names its own ``storage.path``.
     """
     from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     from mtft_ray.experiment import run_experiment
 
@@ -76,6 +91,13 @@ def trial_driver(params: dict[str, Any], base: dict, threads: int | None = None)
     cfg.run.progress = False
     if cfg.run.threads is None and threads:
         cfg.run.threads = threads
-    trial_dir = Path(tune.get_context().get_trial_dir()) / "run"
-    result = run_experiment(cfg, trial_dir)
-    tune.report(metrics_from_result(result, trial_dir))
+    ctx = tune.get_context()
+    trial_dir = Path(ctx.get_trial_dir()) / "run"
+    if storage and not cfg.storage.path:
+        cfg.storage = StorageConfig.model_validate(
+            {**storage, "path": f"{storage['path'].rstrip('/')}/{trial_dir.parent.name}/train"})
+    result = run_experiment(cfg, trial_dir, on_epoch=lambda s: tune.report(epoch_metrics(s)),
+                            train_callbacks=[TuneReportCallback()] if cfg.train.workers else ())
+    final = metrics_from_result(result, trial_dir)
+    hist = (result.get("histories") or {}).get(final["method"]) or []
+    tune.report({**final, "epoch": hist[-1]["epoch"] if hist else 0})

@@ -14,6 +14,10 @@ Example sweep file::
       metric: acc_1shot
       mode: max
       num_samples: 6
+      study_storage: optuna.db    # optional: the Optuna study in SQLite, for optuna-dashboard
+    scheduler:
+      asha: {grace_period: 1, max_t: 4}   # optional: stop weak trials on per-epoch val_acc
+    storage: {path: s3://bucket/sweeps}   # optional: the sweep folder is <path>/<name>
 
 Example:
     >>> s = SweepConfig.model_validate({"search": {"space": {"tasks.M": {"choice": [25, 100]}}}})
@@ -88,9 +92,22 @@ class SearchConfig(_Strict):
     metric: str = "acc_1shot"  # target accuracy of the finetuned method, 1-shot
     mode: Literal["max", "min"] = "max"
     num_samples: int = Field(4, ge=1)  # grid: repeats of the whole grid
+    # Optuna's study in an RDB, for optuna-dashboard: a file name (SQLite file in a local sweep
+    # folder, e.g. optuna.db) or a database URL (sqlite:////abs/study.db, postgresql://...)
+    study_storage: str | None = None
+
+    @model_validator(mode="after")
+    def _study_needs_optuna(self) -> SearchConfig:
+        if self.study_storage and self.algorithm != "optuna":
+            raise ValueError(f"study_storage keeps an Optuna study; algorithm is {self.algorithm!r}")
+        return self
 
 
 class AshaConfig(_Strict):
+    """Early stopping on the per-epoch validation accuracy (iterations are epochs, plus the final report)."""
+
+    metric: str = "val_acc"
+    mode: Literal["max", "min"] = "max"
     grace_period: int = Field(1, ge=1)
     max_t: int = Field(10, ge=1)
     reduction_factor: float = Field(3.0, gt=1)

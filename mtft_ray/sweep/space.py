@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
 import math
 from typing import Any
 
@@ -39,8 +40,7 @@ def check_space(sweep: SweepConfig, base: dict, where: str) -> None:
 
     Every choice and both ends of every range are set, one at a time, on the base experiment and
     validated with :class:`ExperimentConfig`; the metric must name a shot that is evaluated.
-    Data-dependent limits (more ways than classes in a domain) surface when a trial builds its
-    experiment, as that trial's error.
+    Limits that depend on the data (more ways than classes) are :func:`check_data`'s.
     """
     space = sweep.search.space
     for key, dist in space.items():
@@ -62,6 +62,51 @@ def check_space(sweep: SweepConfig, base: dict, where: str) -> None:
         if not shot.isdigit() or int(shot) not in shots:
             raise MtftError(f"{where}: search.metric {metric!r} is not reported; eval.shots are {sorted(shots)} "
                             f"(metrics are acc_<shot>shot)")
+
+
+# keys whose values decide whether episodes and tasks can be drawn from the data at all
+DATA_KEYS = ("data.", "tasks.n_way", "tasks.n_shot", "tasks.n_query", "eval.", "selection.target_domain",
+             "finetune.val_")
+
+
+def data_probes(sweep: SweepConfig) -> list[dict[str, Any]]:
+    """Parameter sets :func:`check_data` builds: none (the base), each data-key value alone, and
+    every numeric data key at its largest value together (the hardest episode shape)."""
+    space = {k: d for k, d in sweep.search.space.items() if k.startswith(DATA_KEYS)}
+    probes: list[dict[str, Any]] = [{}]
+    probes += [{k: v} for k, d in space.items() for v in d.probe_values()]
+    corner = {k: max(d.probe_values()) for k, d in space.items()
+              if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in d.probe_values())}
+    if len(corner) > 1:
+        probes.append(corner)
+    unique = {json.dumps(p, sort_keys=True, default=str): p for p in probes}
+    return list(unique.values())
+
+
+def check_data(sweep: SweepConfig, base: dict, where: str = "sweep") -> None:
+    """Fail before any trial if the data cannot serve the space: more ways than classes in the
+    finetuning, validation or target classes, an unknown target domain, missing data, or no
+    validation classes for an ASHA scheduler that watches ``val_acc``.
+
+    Builds each of :func:`data_probes`' experiments' data side (store, split, episodes): about a
+    second each once the store is cached. Finetuning tasks are checked with one draw.
+    """
+    from mtft_ray.experiment import Experiment
+    from mtft_ray.tasks.pool import make_tasks
+
+    asha = sweep.scheduler.asha
+    for params in data_probes(sweep):
+        cfg = validate(ExperimentConfig, apply_params(base, params), "")
+        cfg.run.progress = False
+        label = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "the base experiment"
+        try:
+            exp = Experiment(cfg)
+            make_tasks(exp.store, exp.split.source, cfg.tasks, M=1)
+        except MtftError as e:
+            raise MtftError(f"{where}: with {label}: {e}") from None
+        if asha is not None and asha.metric == "val_acc" and exp.val is None:
+            raise MtftError(f"{where}: scheduler.asha watches val_acc, but with {label} there are no validation "
+                            f"classes (data.split.val_domains / val_fraction)")
 
 
 def tune_space(sweep: SweepConfig) -> dict[str, Any]:

@@ -19,20 +19,22 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mtft_ray.config.schema import ExperimentConfig
 from mtft_ray.errors import MtftError
-from mtft_ray.io import atomic_write_json
+from mtft_ray.storage import Storage, open_storage, probe_storage
 from mtft_ray.sweep.driver import trial_driver
 from mtft_ray.sweep.schema import SweepConfig, sweep_hash
-from mtft_ray.sweep.space import tune_space
+from mtft_ray.sweep.space import check_data, tune_space
 
 log = logging.getLogger("mtft_ray")
 
@@ -101,20 +103,24 @@ def local_resources(sweep: SweepConfig, base: dict) -> dict[str, float]:
     return {DRIVER_RESOURCE: float(max(1, math.floor(cpus / per)) if per else 1)}
 
 
-def _ensure_ray(sweep: SweepConfig, base: dict) -> None:
+def _ensure_ray(sweep: SweepConfig, base: dict) -> str | None:
     from mtft_ray.train.distributed import ensure_ray
 
-    ensure_ray(resources=local_resources(sweep, base))
+    return ensure_ray(resources=local_resources(sweep, base))
 
 
-def _search_alg(sweep: SweepConfig, concurrency: int):
+def _search_alg(sweep: SweepConfig, concurrency: int, study: str | None):
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     s = sweep.search
     if s.algorithm == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
+        import optuna
 
-        return ConcurrencyLimiter(OptunaSearch(metric=s.metric, mode=s.mode, seed=sweep.seed),
+        from mtft_ray.sweep.hooks import FinalMetricOptuna
+
+        storage = optuna.storages.RDBStorage(study) if study else None  # optuna-dashboard reads it
+        return ConcurrencyLimiter(FinalMetricOptuna(metric=s.metric, mode=s.mode, seed=sweep.seed,
+                                                    study_name=sweep.name if study else None, storage=storage),
                                   max_concurrent=concurrency)
     return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrency)
 
@@ -125,82 +131,124 @@ def _scheduler(sweep: SweepConfig):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", grace_period=a.grace_period, max_t=a.max_t,
-                         reduction_factor=a.reduction_factor)
+    return ASHAScheduler(metric=a.metric, mode=a.mode, time_attr="training_iteration", grace_period=a.grace_period,
+                         max_t=a.max_t, reduction_factor=a.reduction_factor)
 
 
-def _check_folder(out: Path, digest: str, resume: bool) -> bool:
-    """True when ``out`` holds this sweep (or ``resume`` forces it); refuse a different one."""
-    meta = out / "sweep.json"
-    if not meta.is_file():
-        if out.exists() and any(out.iterdir()):
-            raise MtftError(f"{out} is not empty and holds no sweep.json: choose another --out")
+def sweep_storage(sweep: SweepConfig, out: str | Path | None) -> Storage:
+    """Where the sweep folder lives: ``out``, else ``<storage.path>/<name>``, else ``runs/sweeps/<name>``.
+
+    ``s3://bucket/prefix`` works for either, with the endpoint and region of ``sweep.storage``.
+    """
+    where = str(out) if out is not None else (f"{sweep.storage.path.rstrip('/')}/{sweep.name}" if sweep.storage.path
+                                               else f"runs/sweeps/{sweep.name}")
+    return open_storage(sweep.storage.model_copy(update={"path": where}))
+
+
+def study_url(sweep: SweepConfig, storage: Storage) -> str | None:
+    """The Optuna RDB URL: ``search.study_storage`` as given, or a bare file name placed in a local sweep folder."""
+    url = sweep.search.study_storage
+    if not url or "://" in url:
+        return url
+    if storage.scheme != "local":
+        raise MtftError(f"search.study_storage {url!r} is a file name, but the sweep folder is {storage.uri()}: "
+                        f"give a database URL such as sqlite:////abs/path/study.db")
+    return f"sqlite:///{storage.path(url)}"
+
+
+def _check_folder(storage: Storage, digest: str, resume: bool) -> bool:
+    """True when the sweep folder holds this sweep (or ``resume`` forces it); refuse a different one."""
+    import pyarrow.fs as pafs
+
+    if not storage.exists("sweep.json"):
+        entries = storage.filesystem.get_file_info(pafs.FileSelector(storage.root, allow_not_found=True))
+        if entries:
+            raise MtftError(f"{storage.uri()} is not empty and holds no sweep.json: choose another --out")
         return False
-    stored = json.loads(meta.read_text()).get("hash")
+    stored = json.loads(storage.read_bytes("sweep.json")).get("hash")
     if stored != digest and not resume:
-        raise MtftError(f"{out} holds a different sweep (config hash {stored}, this one {digest}); "
+        raise MtftError(f"{storage.uri()} holds a different sweep (config hash {stored}, this one {digest}); "
                         f"choose another --out, or pass --resume to continue the stored sweep")
     return True
 
 
-def run_sweep(sweep: SweepConfig, base: dict, out: str | Path, *, resume: bool = False) -> list[dict]:
-    """Run (or resume) the sweep in ``out``; write ``trials.csv`` and return its rows.
+def run_sweep(sweep: SweepConfig, base: dict, out: str | Path | None = None, *, resume: bool = False,
+              echo: Callable[[str], None] | None = print) -> list[dict]:
+    """Run (or resume) the sweep; write ``trials.csv`` into its folder and return its rows.
 
     Args:
         sweep: the validated sweep.
         base: its resolved base experiment.
-        out: the sweep folder (local); Tune's experiment folder is ``out`` itself.
-        resume: continue the sweep stored in ``out`` even if its config hash differs.
+        out: the sweep folder, local or ``s3://`` (default: see :func:`sweep_storage`); it is
+            Tune's experiment folder.
+        resume: continue the sweep stored there even if its config hash differs.
+        echo: where progress lines go (Ray's address, one line per finished trial); None for quiet.
     """
     import ray
     from ray import tune
 
-    out = Path(out).expanduser().resolve()
-    digest = sweep_hash(sweep, base)
-    existing = _check_folder(out, digest, resume)
-    if sweep.storage.path and sweep.storage.path.startswith("s3://"):
-        raise MtftError("sweep storage on s3:// is not supported yet; use a local --out")
-    _ensure_ray(sweep, base)
-    plan = trial_plan(sweep, base, ray.cluster_resources())
-    trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base, threads=plan.threads),
-                                    tune.PlacementGroupFactory([plan.driver]))
-    if existing and tune.Tuner.can_restore(str(out)):
-        log.warning("resuming sweep in %s", out)
-        tuner = tune.Tuner.restore(str(out), trainable, resume_errored=True)
+    storage = sweep_storage(sweep, out)
+    if storage.scheme == "local":
+        Path(storage.root).parent.mkdir(parents=True, exist_ok=True)
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "sweep.json", {"hash": digest, "sweep": sweep.model_dump(mode="json", by_alias=True),
-                                               "base": base})
+        probe_storage(storage, sweep.storage)  # unreachable endpoint, missing bucket: fail now
+    digest = sweep_hash(sweep, base)
+    existing = _check_folder(storage, digest, resume)
+    study = study_url(sweep, storage)
+    if not existing:
+        check_data(sweep, base, f"sweep {sweep.name}")  # more ways than classes and the like, before Ray starts
+    dashboard = _ensure_ray(sweep, base)
+    plan = trial_plan(sweep, base, ray.cluster_resources())
+    if echo:
+        echo(f"sweep {sweep.name}: {storage.where()}; {plan.concurrency} trial(s) at a time; Ray "
+             + (f"dashboard {dashboard}" if dashboard else "local (no dashboard)"))
+    trial_storage = {**sweep.storage.model_dump(mode="json"), "path": storage.uri()} if storage.scheme == "s3" else None
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base, threads=plan.threads,
+                                                         storage=trial_storage),
+                                    tune.PlacementGroupFactory([plan.driver]))
+    # per-epoch reports carry val_acc (what ASHA watches) but not the final metric
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    fs = storage.filesystem if storage.scheme == "s3" else None
+    from mtft_ray.sweep.hooks import TrialLines
+
+    callbacks = [TrialLines(sweep.search.metric, list(sweep.search.space), echo)] if echo else []
+    if existing and tune.Tuner.can_restore(storage.root, storage_filesystem=fs):
+        log.warning("resuming sweep in %s", storage.uri())
+        tuner = tune.Tuner.restore(storage.root, trainable, resume_errored=True, storage_filesystem=fs)
+    else:
+        storage.write_bytes(json.dumps({"hash": digest, "sweep": sweep.model_dump(mode="json", by_alias=True),
+                                        "base": base}, indent=1).encode(), "sweep.json")
         tuner = tune.Tuner(
             trainable,
             param_space=tune_space(sweep),
-            tune_config=tune.TuneConfig(metric=sweep.search.metric, mode=sweep.search.mode,
-                                        search_alg=_search_alg(sweep, plan.concurrency),
-                                        scheduler=_scheduler(sweep), num_samples=sweep.search.num_samples,
-                                        # BasicVariantGenerator limits itself (max_concurrent above)
-                                        max_concurrent_trials=plan.concurrency if sweep.search.algorithm == "optuna"
-                                        else None),
-            run_config=tune.RunConfig(name=out.name, storage_path=str(out.parent), verbose=0,
+            tune_config=tune.TuneConfig(search_alg=_search_alg(sweep, plan.concurrency, study),
+                                        # the searcher limits concurrency (ConcurrencyLimiter, max_concurrent)
+                                        scheduler=_scheduler(sweep), num_samples=sweep.search.num_samples),
+            run_config=tune.RunConfig(name=PurePosixPath(storage.root).name,
+                                      storage_path=str(PurePosixPath(storage.root).parent), storage_filesystem=fs,
+                                      verbose=0, callbacks=callbacks,
                                       sync_config=tune.SyncConfig(sync_artifacts=True),  # each trial's run/
                                       failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
         )
     grid = tuner.fit()
-    rows = trial_rows(grid, list(sweep.search.space), sweep.search.metric)
-    write_trials_csv(rows, out / "trials.csv")
+    rows = trial_rows(grid, list(sweep.search.space), sweep.search.metric, storage)
+    storage.write_bytes(trials_csv(rows).encode(), "trials.csv")
     return rows
 
 
-def trial_rows(grid, keys: list[str], metric: str) -> list[dict]:
+def trial_rows(grid, keys: list[str], metric: str, storage: Storage | None = None) -> list[dict]:
     """One row per trial of a ``ResultGrid``: id, status, sampled params, last reported metrics.
 
-    Status is ERROR (the trial raised), TERMINATED (it reported ``metric``) or INCOMPLETE
-    (interrupted before its report; rerunning the sweep runs it again).
+    Status is ERROR (the trial raised), TERMINATED (it reported ``metric``), STOPPED (the
+    scheduler ended it early, after per-epoch reports) or INCOMPLETE (interrupted before its
+    final report; rerunning the sweep runs it again).
     """
     rows = []
     for r in grid:
         metrics = dict(r.metrics or {})
-        trial_id = metrics.get("trial_id") or Path(r.path).name
-        status = "ERROR" if r.error else "TERMINATED" if metric in metrics else "INCOMPLETE"
+        trial_id = metrics.get("trial_id") or PurePosixPath(r.path).name
+        status = ("ERROR" if r.error else "TERMINATED" if metric in metrics
+                  else "STOPPED" if metrics.get("done") else "INCOMPLETE")
         row: dict[str, Any] = {"trial_id": trial_id, "status": status}
         row.update({k: (r.config or {}).get(k) for k in keys})
         for k, v in metrics.items():
@@ -208,21 +256,24 @@ def trial_rows(grid, keys: list[str], metric: str) -> list[dict]:
                 continue
             row.setdefault(k, v)
         if metrics.get("checkpoint"):  # reported from the trial's staging folder; name the synced copy
-            row["checkpoint"] = str(Path(r.path) / "run" / Path(metrics["checkpoint"]).name)
+            synced = str(PurePosixPath(r.path, "run", PurePosixPath(metrics["checkpoint"]).name))
+            row["checkpoint"] = f"s3://{synced}" if storage is not None and storage.scheme == "s3" else synced
         if r.error:
             row["error"] = str(r.error).strip().splitlines()[-1][:300]
         rows.append(row)
     return sorted(rows, key=lambda x: str(x["trial_id"]))
 
 
-def write_trials_csv(rows: list[dict], path: Path) -> None:
+def trials_csv(rows: list[dict]) -> str:
+    """``trials.csv``'s text: one row per trial, columns in order of first appearance."""
     cols: list[str] = []
     for row in rows:
         cols += [k for k in row if k not in cols]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 def format_trials(rows: list[dict], keys: list[str], metric: str) -> str:
@@ -230,15 +281,16 @@ def format_trials(rows: list[dict], keys: list[str], metric: str) -> str:
     shot = metric.removeprefix("acc_") if metric.startswith("acc_") else None
     ci = f"ci95_{shot}" if shot else None
 
-    def fmt(v: Any, pct: bool = False) -> str:
+    def fmt(v: Any, pct: bool = False, short: bool = False) -> str:
         if v is None or v == "":
             return "-"
         if isinstance(v, float):
-            return f"{100 * v:.2f}" if pct else f"{v:.3f}"
+            return f"{100 * v:.2f}" if pct else f"{v:.3g}" if short else f"{v:.3f}"
         return str(v)
 
     head = ["trial", "status", *keys, metric, "±ci95", "k", "diversity", "consistency", "M", "m"]
-    body = [[str(r["trial_id"]).rsplit("_", 1)[-1], r["status"], *(fmt(r.get(k)) for k in keys), fmt(r.get(metric), True),
+    body = [[str(r["trial_id"]).rsplit("_", 1)[-1], r["status"], *(fmt(r.get(k), short=True) for k in keys),
+             fmt(r.get(metric), True),
              fmt(r.get(ci), True) if ci else "-", fmt(r.get("selection_k")), fmt(r.get("selection_diversity")),
              fmt(r.get("selection_mean_consistency")), fmt(r.get("M")), fmt(r.get("m"))] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]

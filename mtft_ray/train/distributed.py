@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,20 +72,28 @@ def training_spec(cfg: ExperimentConfig) -> dict:
     return {"hash": hashlib.sha256(blob.encode()).hexdigest()[:12], "spec": spec}
 
 
-def ensure_ray(resources: dict[str, float] | None = None) -> None:
+_DASHBOARD_URL: str | None = None
+
+
+def ensure_ray(resources: dict[str, float] | None = None) -> str | None:
     """Connect to the Ray cluster (``$RAY_ADDRESS``) or start a local one, once per process.
 
     ``resources`` are the custom resources a local cluster declares (ignored when connecting to
-    an existing cluster). The CLI makes a local cluster loopback-only (see ``cli.main.local_ray_env``).
+    an existing cluster). The CLI makes a local cluster loopback-only and dashboard-free (see
+    ``cli.main.local_ray_env``). Returns the cluster's dashboard URL, when it has one.
     """
+    global _DASHBOARD_URL
     import ray
 
     if ray.is_initialized():
-        return
-    kwargs: dict = {"logging_level": logging.WARNING, "include_dashboard": False}
+        return _DASHBOARD_URL
+    kwargs: dict = {"logging_level": logging.WARNING}
     if not os.environ.get("RAY_ADDRESS"):
-        kwargs["resources"] = resources or {}
-    ray.init(**kwargs)
+        kwargs.update(resources=resources or {}, include_dashboard=False)
+    ctx = ray.init(**kwargs)
+    url = getattr(ctx, "dashboard_url", None)
+    _DASHBOARD_URL = (url if "://" in url else f"http://{url}") if url else None
+    return _DASHBOARD_URL
 
 
 def check_cluster_fits(train: TrainConfig) -> None:
@@ -183,11 +192,12 @@ def _mtft_error_in(e: BaseException) -> MtftError | None:
     return None
 
 
-def finetune_distributed(cfg: ExperimentConfig, tasks: TaskSet, out_dir: str | Path) -> DistributedRun:
+def finetune_distributed(cfg: ExperimentConfig, tasks: TaskSet, out_dir: str | Path,
+                         callbacks: Sequence = ()) -> DistributedRun:
     """Multitask finetuning of ``cfg.backbone`` on ``tasks`` with ``cfg.train.workers`` Ray Train workers.
 
     Runs :func:`preflight` first (cheap when already done). A run whose storage folder already
-    holds checkpoints resumes from the latest one.
+    holds checkpoints resumes from the latest one. ``callbacks`` go to Ray Train's ``RunConfig``.
 
     Raises:
         MtftError: bad storage or cluster (before training), or a worker's MtftError.
@@ -207,7 +217,7 @@ def finetune_distributed(cfg: ExperimentConfig, tasks: TaskSet, out_dir: str | P
                                      resources_per_worker=worker_resources(t)),
         run_config=RunConfig(
             name=RAY_RUN_NAME, storage_path=storage.root, storage_filesystem=storage.filesystem,
-            failure_config=FailureConfig(max_failures=t.max_failures),
+            failure_config=FailureConfig(max_failures=t.max_failures), callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep, checkpoint_score_attribute="score",
                                                checkpoint_score_order="max")),
     )

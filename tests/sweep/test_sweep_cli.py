@@ -23,7 +23,8 @@ def sweep_file(tmp_path: Path, num_samples: int = 2) -> Path:
     path.write_text(yaml.safe_dump({
         "name": "tiny-sweep", "base": base,
         "search": {"space": {"tasks.M": {"choice": [2, 4]}, "finetune.lr": {"float": [1e-5, 1e-3], "log": True}},
-                   "algorithm": "optuna", "metric": "acc_1shot", "num_samples": num_samples},
+                   "algorithm": "optuna", "metric": "acc_1shot", "num_samples": num_samples,
+                   "study_storage": "optuna.db"},  # SQLite in the sweep folder, for optuna-dashboard
     }))
     return path
 
@@ -55,7 +56,13 @@ def test_sweep_end_to_end_resume_and_conflict(tmp_path, tree):
         assert Path(row["checkpoint"]).is_file() and len(row["config_hash"]) == 12
         assert Path(row["checkpoint"]).is_relative_to(out)  # in the sweep folder, not Ray's session folder
     assert len({x["trial_id"] for x in rows}) == 2
-    assert "acc_1shot" in r.stdout and "2 trials (0 failed, 0 incomplete)" in r.stdout
+    assert "acc_1shot" in r.stdout and "2 trials (0 failed, 0 stopped early, 0 incomplete)" in r.stdout
+    import optuna
+
+    study = optuna.load_study(study_name="tiny-sweep", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert sorted(t.value for t in study.trials) == sorted(float(x["acc_1shot"]) for x in rows)
+    progress = [x for x in r.stdout.splitlines() if "] trial " in x]  # one line per finished trial
+    assert len(progress) == 2 and all(" done:" in x and "tasks.M=" in x and "acc_1shot" in x for x in progress)
 
     # the same command again: the finished sweep is restored, not rerun
     again = mtft("sweep", str(path), "--out", str(out), cwd=tmp_path)
@@ -104,6 +111,10 @@ def test_interrupted_sweep_resumes_and_counts_every_trial_once(tmp_path, tree):
     assert len({x["trial_id"] for x in rows}) == 3
     assert len(list(out.glob("*/run/result.json"))) == 3
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # finished trials were not run again
+    import optuna
+
+    study = optuna.load_study(study_name="tiny-sweep", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3  # the resumed searcher kept its study
 
 
 def test_trials_train_on_ray_train_workers_without_deadlock(tmp_path, tree):
