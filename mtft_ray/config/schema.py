@@ -93,6 +93,9 @@ class TaskConfig(_Strict):
     n_query: int = Field(4, ge=1)
     M: int = Field(400, ge=1)
     within_domain: bool = True  # all classes of a task from one domain (as in Meta-Dataset)
+    # draw tasks from only this many finetuning classes (a seeded subset, nested as it grows):
+    # the paper's limited-classes experiment on diversity
+    max_classes: int | None = Field(None, ge=2)
     seed: int = 0
 
     @property

@@ -69,6 +69,8 @@ def make_tasks(store: SampleStore, class_ids: np.ndarray, cfg: TaskConfig, M: in
 
     With ``cfg.within_domain`` every task's classes come from one domain, chosen with
     probability proportional to its number of eligible classes (each class equally likely).
+    ``cfg.max_classes`` keeps a seeded subset of the eligible classes, the first N of one fixed
+    permutation, so a smaller subset is always inside a larger one.
 
     Raises:
         MtftError: when no domain (or the pool) has ``n_way`` classes with enough samples.
@@ -76,6 +78,9 @@ def make_tasks(store: SampleStore, class_ids: np.ndarray, cfg: TaskConfig, M: in
     M = cfg.M if M is None else M
     need = cfg.n_shot + cfg.n_query
     eligible = _eligible_classes(store, np.asarray(class_ids, np.int64), need)
+    if cfg.max_classes is not None and cfg.max_classes < len(eligible):
+        keep = np.random.default_rng([cfg.seed, 7919]).permutation(eligible)[: cfg.max_classes]
+        eligible = np.sort(keep)
     by_class = store.samples_by_class()
     if cfg.within_domain:
         groups = [eligible[store.class_domain[eligible] == d] for d in range(store.num_domains)]

@@ -65,3 +65,17 @@ def test_manifest_roundtrip(tmp_path, setup):
         assert np.array_equal(getattr(back, name), getattr(t, name))
     with pytest.raises(MtftError, match="another data store"):
         read_manifest(tmp_path / "manifest.json", make_store(seed=5))
+
+
+def test_max_classes_limits_tasks_to_a_nested_seeded_subset(setup):
+    store, split = setup
+    used = {}
+    for n in (4, 8, None):
+        tasks = make_tasks(store, split.source, TaskConfig(n_way=3, M=200, within_domain=False, max_classes=n))
+        used[n] = set(np.unique(tasks.classes).tolist())
+    assert len(used[4]) == 4 and len(used[8]) == 8 and len(used[None]) > 8
+    assert used[4] < used[8] < used[None]  # growing the limit only adds classes
+    again = make_tasks(store, split.source, TaskConfig(n_way=3, M=200, within_domain=False, max_classes=4))
+    assert set(np.unique(again.classes).tolist()) == used[4]
+    with pytest.raises(MtftError, match="3-way tasks"):
+        make_tasks(store, split.source, TaskConfig(n_way=3, M=1, max_classes=2))
