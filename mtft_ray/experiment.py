@@ -80,9 +80,13 @@ class Experiment:
                                 progress=self.cfg.run.progress)
 
     def finetune_tasks(self, pretrained: torch.nn.Module) -> tuple[TaskSet, Chosen | None]:
-        """The M finetuning tasks; chosen by ``cfg.selection`` unless it is 'all' domains."""
+        """The M finetuning tasks, chosen by ``cfg.selection``.
+
+        'All' domains needs no choice; with a target domain it still goes through the selection,
+        which draws the same tasks and measures their diversity and consistency for the report.
+        """
         sel = self.cfg.selection
-        if sel.strategy == "all" and sel.level == "domain":
+        if sel.strategy == "all" and sel.level == "domain" and sel.target_domain is None:
             return make_tasks(self.store, self.split.source, self.cfg.tasks), None
         chosen = choose_tasks(SelectionData(self, pretrained), sel.strategy, sel.target_domain)
         return chosen.tasks, chosen
