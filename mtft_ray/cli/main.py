@@ -250,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print JSON")
     bench.add_argument("what", choices=["episodes", "selection"])
     bench.set_defaults(fn=_cmd_bench)
+
+    from mtft_ray.analysis.cli import register as register_analysis
+
+    register_analysis(sub)  # analyze
     return p
 
 
