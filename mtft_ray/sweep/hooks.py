@@ -4,13 +4,11 @@ Trials report once per epoch (``epoch``, ``val_acc``: what ASHA watches) and onc
 (target accuracy: what the searcher optimises). Imported only when a sweep runs (it imports Ray).
 
 Example:
-    >>> lines = TrialLines("acc_1shot", ["tasks.M"], print)   # doctest: +SKIP
+    >>> lines = TrialLines("acc_1shot", ["tasks.M"])            # doctest: +SKIP
     >>> tune.RunConfig(callbacks=[lines])                       # doctest: +SKIP
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
@@ -34,11 +32,15 @@ class TrialLines(Callback):
     Args:
         metric: the sweep's metric (``acc_1shot``); its CI is ``ci95_1shot``.
         keys: the searched keys, printed with their sampled values.
-        echo: where lines go (``print``).
+    Lines go to stdout. The callback is pickled with the Tuner, so it holds no function.
     """
 
-    def __init__(self, metric: str, keys: list[str], echo: Callable[[str], None] = print) -> None:
-        self.metric, self.keys, self.echo, self.ended = metric, keys, echo, 0
+    def __init__(self, metric: str, keys: list[str]) -> None:
+        self.metric, self.keys, self.ended = metric, keys, 0
+
+    @staticmethod
+    def echo(line: str) -> None:
+        print(line, flush=True)
 
     def line(self, trial, what: str) -> str:
         r = trial.last_result or {}

@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -173,7 +172,7 @@ def _check_folder(storage: Storage, digest: str, resume: bool) -> bool:
 
 
 def run_sweep(sweep: SweepConfig, base: dict, out: str | Path | None = None, *, resume: bool = False,
-              echo: Callable[[str], None] | None = print) -> list[dict]:
+              progress: bool = True) -> list[dict]:
     """Run (or resume) the sweep; write ``trials.csv`` into its folder and return its rows.
 
     Args:
@@ -182,7 +181,7 @@ def run_sweep(sweep: SweepConfig, base: dict, out: str | Path | None = None, *, 
         out: the sweep folder, local or ``s3://`` (default: see :func:`sweep_storage`); it is
             Tune's experiment folder.
         resume: continue the sweep stored there even if its config hash differs.
-        echo: where progress lines go (Ray's address, one line per finished trial); None for quiet.
+        progress: print where the sweep runs and one line per finished trial (stdout).
     """
     import ray
     from ray import tune
@@ -199,9 +198,9 @@ def run_sweep(sweep: SweepConfig, base: dict, out: str | Path | None = None, *, 
         check_data(sweep, base, f"sweep {sweep.name}")  # more ways than classes and the like, before Ray starts
     dashboard = _ensure_ray(sweep, base)
     plan = trial_plan(sweep, base, ray.cluster_resources())
-    if echo:
-        echo(f"sweep {sweep.name}: {storage.where()}; {plan.concurrency} trial(s) at a time; Ray "
-             + (f"dashboard {dashboard}" if dashboard else "local (no dashboard)"))
+    if progress:
+        print(f"sweep {sweep.name}: {storage.where()}; {plan.concurrency} trial(s) at a time; Ray "
+             + (f"dashboard {dashboard}" if dashboard else "local (no dashboard)"), flush=True)
     trial_storage = {**sweep.storage.model_dump(mode="json"), "path": storage.uri()} if storage.scheme == "s3" else None
     trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base, threads=plan.threads,
                                                          storage=trial_storage),
@@ -211,7 +210,7 @@ def run_sweep(sweep: SweepConfig, base: dict, out: str | Path | None = None, *, 
     fs = storage.filesystem if storage.scheme == "s3" else None
     from mtft_ray.sweep.hooks import TrialLines
 
-    callbacks = [TrialLines(sweep.search.metric, list(sweep.search.space), echo)] if echo else []
+    callbacks = [TrialLines(sweep.search.metric, list(sweep.search.space))] if progress else []
     if existing and tune.Tuner.can_restore(storage.root, storage_filesystem=fs):
         log.warning("resuming sweep in %s", storage.uri())
         tuner = tune.Tuner.restore(storage.root, trainable, resume_errored=True, storage_filesystem=fs)
