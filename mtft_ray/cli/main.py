@@ -191,7 +191,7 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
     incomplete = sum(r["status"] == "INCOMPLETE" for r in rows)
     stopped = sum(r["status"] == "STOPPED" for r in rows)
     print(f"\n{len(rows)} trials ({failed} failed, {stopped} stopped early, {incomplete} incomplete); "
-          f"wrote {where.uri('trials.csv')}")
+          f"wrote {where.uri('trials.csv')}\nnext: mtft-ray analyze {where.uri()}")
     if incomplete:
         print("interrupted: rerun the same command to resume the sweep", file=sys.stderr)
         return 130
@@ -252,8 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(fn=_cmd_bench)
 
     from mtft_ray.analysis.cli import register as register_analysis
+    from mtft_ray.cluster.cli import register as register_cluster
 
     register_analysis(sub)  # analyze
+    register_cluster(sub)  # cluster check, submit, jobs, logs, stop
     return p
 
 

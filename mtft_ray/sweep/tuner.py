@@ -102,6 +102,17 @@ def local_resources(sweep: SweepConfig, base: dict) -> dict[str, float]:
     return {DRIVER_RESOURCE: float(max(1, math.floor(cpus / per)) if per else 1)}
 
 
+def cluster_capacity() -> dict[str, float]:
+    """What the connected cluster can run: its live resources, or on a head that ``ray up``
+    launched, what its autoscaler can grow it to (right after launch only the head is up)."""
+    import ray
+
+    from mtft_ray.cluster.check import autoscaling_capacity
+
+    live, grown = ray.cluster_resources(), autoscaling_capacity() or {}
+    return {k: max(live.get(k, 0.0), grown.get(k, 0.0)) for k in {*live, *grown}}
+
+
 def _ensure_ray(sweep: SweepConfig, base: dict) -> str | None:
     from mtft_ray.train.distributed import ensure_ray
 
@@ -197,7 +208,7 @@ def run_sweep(sweep: SweepConfig, base: dict, out: str | Path | None = None, *, 
     if not existing:
         check_data(sweep, base, f"sweep {sweep.name}")  # more ways than classes and the like, before Ray starts
     dashboard = _ensure_ray(sweep, base)
-    plan = trial_plan(sweep, base, ray.cluster_resources())
+    plan = trial_plan(sweep, base, cluster_capacity())
     if progress:
         print(f"sweep {sweep.name}: {storage.where()}; {plan.concurrency} trial(s) at a time; Ray "
              + (f"dashboard {dashboard}" if dashboard else "local (no dashboard)"), flush=True)

@@ -99,10 +99,18 @@ def ensure_ray(resources: dict[str, float] | None = None) -> str | None:
 def check_cluster_fits(train: TrainConfig) -> None:
     """Fail now, rather than wait forever, when the cluster can never place every worker.
 
+    An autoscaling cluster (a head that ``ray up`` launched) is not checked: its workers join
+    when asked for, and Ray reports requests that no node type can ever hold as infeasible.
+
     Raises:
         MtftError: fewer worker slots than ``train.workers`` on the cluster's live nodes.
     """
     import ray
+
+    from mtft_ray.cluster.check import autoscaling_capacity
+
+    if autoscaling_capacity() is not None:
+        return
 
     need = worker_resources(train)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
