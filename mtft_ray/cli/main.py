@@ -4,6 +4,10 @@ Examples:
     mtft-ray run                                   # the built-in default experiment
     mtft-ray run sweeps/tiny.yaml tasks.M=200 --out runs/m200
     mtft-ray evaluate --checkpoint runs/m200/multitask.pt --out runs/m200-eval
+    mtft-ray sweep sweeps/quickstart.yaml          # Ray Tune + Optuna over task subsets and sizes
+    mtft-ray analyze runs/sweeps/quickstart        # tables, plots, report, next configuration
+    mtft-ray cluster check cluster/aws.yaml --sweep sweeps/paper-mxm.yaml
+    mtft-ray submit --follow -- sweep sweeps/paper-mxm.yaml --out s3://bucket/sweeps/paper-mxm
     mtft-ray bench episodes
 """
 
