@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -132,3 +133,7 @@ def test_trials_train_on_ray_train_workers_without_deadlock(tmp_path, tree):
     rows = read_rows(out)
     assert [x["status"] for x in rows] == ["TERMINATED"] and 0 <= float(rows[0]["acc_1shot"]) <= 1
     assert len(list(out.glob("*/run/multitask_run.json"))) == 1  # trained by finetune_distributed
+    # the workers' per-epoch report reached Tune (TuneReportCallback) before the trial's result
+    reports = [json.loads(x) for x in next(out.glob("*/result.json")).read_text().splitlines() if x.strip()]
+    assert [("val_acc" in x, "acc_1shot" in x) for x in reports] == [(True, False), (True, True)]
+    assert reports[0]["world_size"] == 2 and reports[0]["epoch"] == 1

@@ -66,6 +66,12 @@ def test_sweep_stored_in_s3_and_restored_from_there(tmp_path, tree):
         assert [(x["trial_id"], x["acc_1shot"]) for x in rows2] == [(x["trial_id"], x["acc_1shot"]) for x in rows]
         assert {k: s3.head_object(Bucket="sweeps", Key=k)["LastModified"] for k in results} == stamps
 
+        # the analysis reads the sweep straight from S3 and names checkpoints by their S3 address
+        a = mtft("analyze", "s3://sweeps/team/s3-sweep", "--out", str(tmp_path / "analysis"), cwd=tmp_path, env=env)
+        assert a.returncode == 0, a.stderr[-2000:]
+        assert "2 trials (2 finished)" in a.stdout and "checkpoint:  s3://sweeps/team/s3-sweep/" in a.stdout
+        assert (tmp_path / "analysis" / "report.md").is_file()
+
         # storage.path in the sweep file places the sweep at <path>/<name>; a different sweep there is refused
         moved = mtft("sweep", str(path), "storage.path=s3://sweeps/team", "search.num_samples=2", cwd=tmp_path,
                      env=env)
@@ -99,6 +105,13 @@ def test_asha_stops_a_trial_on_its_per_epoch_val_acc(tmp_path, tree):
         rows = {float(x["finetune.lr"]): x for x in csv.DictReader(f)}
     assert rows[wreck]["status"] == "STOPPED" and rows[keep]["status"] == "TERMINATED"
     assert "stopped early" in r.stdout and "1 stopped early" in r.stdout
+
+    # the analysis reads the early stop as such, and the best trial as the kept one
+    a = mtft("analyze", str(out), "--out", str(tmp_path / "analysis"), cwd=tmp_path, timeout=120)
+    assert a.returncode == 0, a.stderr[-2000:]
+    with open(tmp_path / "analysis" / "trials.csv") as f:
+        status = {float(x["finetune.lr"]): x["status"] for x in csv.DictReader(f)}
+    assert status == {keep: "finished", wreck: "stopped early"}
 
 
 def test_data_errors_stop_the_sweep_before_any_trial(tmp_path, tree):
