@@ -30,7 +30,7 @@ from mtft_ray.evaluation.features import FeatureCache
 from mtft_ray.io import atomic_write_json
 from mtft_ray.models.backbones import create_backbone
 from mtft_ray.selection.apply import Chosen, SelectionData, choose_tasks, target_domain_classes
-from mtft_ray.tasks.pool import TaskSet, make_tasks, write_manifest
+from mtft_ray.tasks.pool import TaskSet, domain_classes, make_tasks, write_manifest
 from mtft_ray.train.multitask import EpochStats, finetune_multitask
 from mtft_ray.train.standard import finetune_standard
 
@@ -69,6 +69,8 @@ class Experiment:
         self.target = self.target_evaluator(domain)
         if domain is None:
             make_tasks(self.store, self.split.source, cfg.tasks, M=1)  # fail now, not after minutes, if impossible
+        elif cfg.tasks.domains is not None:
+            domain_classes(self.store, self.split.source, cfg.tasks.domains)  # names of source domains only
         self.val = validation_evaluator(cfg, self.store, self.split.val, device=self.device, cache=self.cache,
                                         progress=cfg.run.progress)
 

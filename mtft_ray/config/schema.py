@@ -93,10 +93,22 @@ class TaskConfig(_Strict):
     n_query: int = Field(4, ge=1)
     M: int = Field(400, ge=1)
     within_domain: bool = True  # all classes of a task from one domain (as in Meta-Dataset)
+    # draw tasks (and the selection's candidates) only from these source domains; None: all of
+    # them. The sweeps' per-domain include flags (search space `subset`) set it
+    domains: list[str] | None = None
     # draw tasks from only this many finetuning classes (a seeded subset, nested as it grows):
     # the paper's limited-classes experiment on diversity
     max_classes: int | None = Field(None, ge=2)
     seed: int = 0
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("tasks.domains is empty: name at least one source domain, or leave it unset for all")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"tasks.domains names a domain twice: {v}")
+        return v
 
     @property
     def m(self) -> int:

@@ -114,7 +114,8 @@ def choose_tasks(data: SelectionData, strategy: str, domain: str | None, k: int 
     if sel.level == "domain":
         domains = [int(u) for u in result.selected]
         classes = exp.split.source[np.isin(exp.store.class_domain[exp.split.source], domains)]
-        tasks = make_tasks(exp.store, classes, exp.cfg.tasks)
+        # the selected domains are already inside tasks.domains (the pool was drawn from them)
+        tasks = make_tasks(exp.store, classes, exp.cfg.tasks.model_copy(update={"domains": None}))
         names = [exp.store.domain_names[d] for d in domains]
     else:
         tasks = data.pool.subset(result.selected)

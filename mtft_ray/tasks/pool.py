@@ -63,21 +63,45 @@ def _eligible_classes(store: SampleStore, class_ids: np.ndarray, need: int) -> n
     return class_ids[counts[class_ids] >= need]
 
 
+def domain_classes(store: SampleStore, class_ids: np.ndarray, domains: list[str]) -> np.ndarray:
+    """The classes of ``class_ids`` that live in the named domains.
+
+    Raises:
+        MtftError: a name that is no domain of the data, or that holds none of ``class_ids``
+            (a held-out target or validation domain named as a finetuning domain).
+    """
+    class_ids = np.asarray(class_ids, np.int64)
+    present = sorted({store.domain_names[d] for d in store.class_domain[class_ids]})
+    outside = [d for d in domains if d not in present]
+    if outside:
+        known = set(store.domain_names)
+        what = ", ".join(f"{d!r} ({'held out: a target or validation domain' if d in known else 'unknown'})"
+                         for d in outside)
+        raise MtftError(f"tasks.domains: {what} is not a source domain; source domains: {', '.join(present)}")
+    ids = [store.domain_names.index(d) for d in domains]
+    return class_ids[np.isin(store.class_domain[class_ids], ids)]
+
+
 def make_tasks(store: SampleStore, class_ids: np.ndarray, cfg: TaskConfig, M: int | None = None,
                start: int = 0) -> TaskSet:
     """Draw tasks ``start .. start+M-1`` from the given classes (default ``M = cfg.M``).
 
     With ``cfg.within_domain`` every task's classes come from one domain, chosen with
     probability proportional to its number of eligible classes (each class equally likely).
+    ``cfg.domains`` keeps the classes of those domains only (the task subset a sweep searches).
     ``cfg.max_classes`` keeps a seeded subset of the eligible classes, the first N of one fixed
     permutation, so a smaller subset is always inside a larger one.
 
     Raises:
-        MtftError: when no domain (or the pool) has ``n_way`` classes with enough samples.
+        MtftError: when no domain (or the pool) has ``n_way`` classes with enough samples, or
+            ``cfg.domains`` names a domain without any of ``class_ids``.
     """
     M = cfg.M if M is None else M
     need = cfg.n_shot + cfg.n_query
-    eligible = _eligible_classes(store, np.asarray(class_ids, np.int64), need)
+    class_ids = np.asarray(class_ids, np.int64)
+    if cfg.domains is not None:
+        class_ids = domain_classes(store, class_ids, cfg.domains)
+    eligible = _eligible_classes(store, class_ids, need)
     if cfg.max_classes is not None and cfg.max_classes < len(eligible):
         keep = np.random.default_rng([cfg.seed, 7919]).permutation(eligible)[: cfg.max_classes]
         eligible = np.sort(keep)

@@ -79,3 +79,21 @@ def test_max_classes_limits_tasks_to_a_nested_seeded_subset(setup):
     assert set(np.unique(again.classes).tolist()) == used[4]
     with pytest.raises(MtftError, match="3-way tasks"):
         make_tasks(store, split.source, TaskConfig(n_way=3, M=1, max_classes=2))
+
+
+def test_tasks_come_only_from_the_named_source_domains(setup):
+    store, split = setup
+    source = sorted({store.domain_names[d] for d in store.class_domain[split.source]})
+    assert len(source) == 2
+    one = make_tasks(store, split.source, TaskConfig(n_way=3, n_shot=1, n_query=2, M=30, domains=[source[1]]))
+    assert {store.domain_names[d] for d in one.domains} == {source[1]}
+    both = make_tasks(store, split.source, TaskConfig(n_way=3, n_shot=1, n_query=2, M=30, domains=source))
+    assert {store.domain_names[d] for d in both.domains} == set(source)  # both drawn from
+    held_out = sorted(set(store.domain_names) - set(source))
+    with pytest.raises(MtftError, match=rf"tasks.domains: '{held_out[0]}' \(held out: a target or validation "
+                                        rf"domain\) is not a source domain; source domains: {', '.join(source)}"):
+        make_tasks(store, split.source, TaskConfig(n_way=3, M=5, domains=[source[0], held_out[0]]))
+    with pytest.raises(MtftError, match=r"'nope' \(unknown\)"):
+        make_tasks(store, split.source, TaskConfig(n_way=3, M=5, domains=["nope"]))
+    with pytest.raises(ValueError, match="tasks.domains is empty"):
+        TaskConfig(domains=[])
