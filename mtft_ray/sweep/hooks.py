@@ -15,6 +15,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 
 def _short(v: object) -> str:
+    if isinstance(v, list):
+        return "+".join(map(str, v))
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 

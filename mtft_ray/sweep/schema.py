@@ -44,22 +44,32 @@ class _Strict(BaseModel):
 
 
 class Distribution(_Strict):
-    """One searched key: exactly one of ``choice``, ``int: [lo, hi]``, ``float: [lo, hi]`` (+ ``log``)."""
+    """One searched key: exactly one of ``choice``, ``int: [lo, hi]``, ``float: [lo, hi]`` (+ ``log``),
+    or ``subset: [a, b, ...]``.
+
+    A ``subset`` searches a non-empty subset of the listed items (``tasks.domains``: which source
+    domains to finetune on) through one include flag per item; the trial's value is the list of
+    included items, in the listed order.
+    """
 
     choice: list[Any] | None = None
     int_: tuple[int, int] | None = Field(None, alias="int")
     float_: tuple[float, float] | None = Field(None, alias="float")
+    subset: list[str] | None = None
     log: bool = False
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Distribution:
-        given = [k for k, v in (("choice", self.choice), ("int", self.int_), ("float", self.float_)) if v is not None]
+        given = [k for k, v in (("choice", self.choice), ("int", self.int_), ("float", self.float_),
+                                ("subset", self.subset)) if v is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of choice / int / float, got {given or 'none'}")
+            raise ValueError(f"give exactly one of choice / int / float / subset, got {given or 'none'}")
         if self.choice is not None and not self.choice:
             raise ValueError("choice is empty")
+        if self.subset is not None and (len(self.subset) < 2 or len(set(self.subset)) != len(self.subset)):
+            raise ValueError(f"subset needs two or more distinct items, got {self.subset}")
         lo_hi = self.int_ or self.float_
         if lo_hi is not None:
             lo, hi = lo_hi
@@ -73,13 +83,29 @@ class Distribution(_Strict):
 
     @property
     def kind(self) -> str:
-        return "choice" if self.choice is not None else "int" if self.int_ is not None else "float"
+        for kind, value in (("choice", self.choice), ("int", self.int_), ("float", self.float_)):
+            if value is not None:
+                return kind
+        return "subset"
 
     def probe_values(self) -> list[Any]:
-        """Values that must each validate: every choice, or both ends of a range."""
+        """Values that must each validate: every choice, both ends of a range, or a subset's whole
+        list and each item alone."""
+        if self.subset is not None:
+            return [list(self.subset), *([x] for x in self.subset)]
         return list(self.choice) if self.choice is not None else list(self.int_ or self.float_)
 
+    def grid_values(self) -> list[Any]:
+        """What a grid search walks: the choices, or every non-empty subset (smallest first)."""
+        if self.subset is None:
+            return list(self.choice or [])
+        n = len(self.subset)
+        masks = sorted(range(1, 2 ** n), key=lambda b: (bin(b).count("1"), [-(b >> i & 1) for i in range(n)]))
+        return [[x for i, x in enumerate(self.subset) if b >> i & 1] for b in masks]
+
     def describe(self) -> str:
+        if self.subset is not None:
+            return f"subset of {self.subset} (non-empty, one include flag each)"
         if self.choice is not None:
             return f"choice {self.choice}"
         lo, hi = self.int_ or self.float_

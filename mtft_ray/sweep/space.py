@@ -21,10 +21,24 @@ from mtft_ray.sweep.schema import Distribution, SweepConfig
 TRAIN_RATE_IMG_S = 120.0  # measured multitask finetuning rate on this 2-core machine (EfficientNet-Lite0, 64 px)
 
 
+MAX_SUBSETS = 4096  # grid / random enumerate a subset's non-empty subsets: at most 12 items
+
+
+def flag_name(key: str, item: str) -> str:
+    """The Optuna parameter that includes ``item`` in the subset searched at ``key``."""
+    return f"{key}[{item}]"
+
+
 def apply_params(base: dict, params: dict[str, Any]) -> dict:
-    """A copy of ``base`` with each dotted key of ``params`` set (sections created as needed)."""
+    """A copy of ``base`` with each dotted key of ``params`` set (sections created as needed).
+
+    A subset's include flags (``tasks.domains[lao]``: Optuna's own parameters, recorded with the
+    trial) are skipped: the subset's list itself is in ``params``.
+    """
     raw = copy.deepcopy(base)
     for key, value in params.items():
+        if key.endswith("]"):
+            continue
         node = raw
         *parents, leaf = key.split(".")
         for part in parents:
@@ -50,9 +64,14 @@ def check_space(sweep: SweepConfig, base: dict, where: str) -> None:
             except MtftError as e:
                 raise MtftError(f"{where}: search.space.{key}={value!r}: {str(e).removeprefix(': ')}") from None
     if sweep.search.algorithm == "grid":
-        ranged = [k for k, d in space.items() if d.kind != "choice"]
+        ranged = [k for k, d in space.items() if d.kind not in ("choice", "subset")]
         if ranged:
-            raise MtftError(f"{where}: search.algorithm 'grid' needs choice lists; ranges at {ranged}")
+            raise MtftError(f"{where}: search.algorithm 'grid' needs choice lists or subsets; ranges at {ranged}")
+    for key, d in space.items():
+        if d.subset is not None and sweep.search.algorithm != "optuna" and 2 ** len(d.subset) - 1 > MAX_SUBSETS:
+            raise MtftError(f"{where}: search.space.{key}: {sweep.search.algorithm} search enumerates the "
+                            f"{2 ** len(d.subset) - 1:,} non-empty subsets of {len(d.subset)} items (at most "
+                            f"{MAX_SUBSETS:,}); use algorithm 'optuna', which samples one include flag per item")
     metric = sweep.search.metric
     if metric.startswith("acc_") and metric.endswith("shot"):
         shots = {int(s) for s in ExperimentConfig.model_validate(base).eval.shots}
@@ -65,8 +84,8 @@ def check_space(sweep: SweepConfig, base: dict, where: str) -> None:
 
 
 # keys whose values decide whether episodes and tasks can be drawn from the data at all
-DATA_KEYS = ("data.", "tasks.n_way", "tasks.n_shot", "tasks.n_query", "eval.", "selection.target_domain",
-             "finetune.val_")
+DATA_KEYS = ("data.", "tasks.n_way", "tasks.n_shot", "tasks.n_query", "tasks.domains", "eval.",
+             "selection.target_domain", "finetune.val_")
 
 
 def data_probes(sweep: SweepConfig) -> list[dict[str, Any]]:
@@ -110,13 +129,15 @@ def check_data(sweep: SweepConfig, base: dict, where: str = "sweep") -> None:
 
 
 def tune_space(sweep: SweepConfig) -> dict[str, Any]:
-    """The space as Ray Tune domains (keys stay dotted experiment keys)."""
+    """The space as Ray Tune domains for the grid and random searches (keys stay dotted experiment
+    keys). Optuna builds its own, define-by-run: :func:`suggest`."""
     from ray import tune
 
     out: dict[str, Any] = {}
     for key, d in sweep.search.space.items():
-        if d.choice is not None:
-            out[key] = tune.grid_search(d.choice) if sweep.search.algorithm == "grid" else tune.choice(d.choice)
+        if d.kind in ("choice", "subset"):
+            values = d.grid_values()
+            out[key] = tune.grid_search(values) if sweep.search.algorithm == "grid" else tune.choice(values)
         elif d.int_ is not None:
             lo, hi = d.int_
             out[key] = tune.lograndint(lo, hi + 1) if d.log else tune.randint(lo, hi + 1)  # inclusive hi
@@ -126,14 +147,53 @@ def tune_space(sweep: SweepConfig) -> dict[str, Any]:
     return out
 
 
+def _primitive(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
+    """Optuna's define-by-run space: one trial's values, keyed by dotted experiment keys.
+
+    ``choice`` → a categorical (list-valued choices travel as JSON text), ``int`` / ``float`` →
+    ranges. A ``subset`` → one boolean include flag per item (:func:`flag_name`); the last item's
+    flag is asked only if an earlier one is on, else it is on, so a subset is never empty.
+
+    Args:
+        trial: an ``optuna.Trial`` (Ray's OptunaSearch passes a recording wrapper of one).
+        space: the sweep's space as plain mappings (``Distribution.model_dump(by_alias=True)``).
+    """
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        d = Distribution.model_validate(spec)
+        if d.subset is not None:
+            flags: list[bool] = []
+            for i, item in enumerate(d.subset):
+                forced = i == len(d.subset) - 1 and not any(flags)
+                flags.append(True if forced else trial.suggest_categorical(flag_name(key, item), [True, False]))
+            out[key] = [x for x, on in zip(d.subset, flags) if on]
+        elif d.choice is not None:
+            if all(_primitive(v) for v in d.choice):
+                out[key] = trial.suggest_categorical(key, d.choice)
+            else:
+                text = [json.dumps(v) for v in d.choice]
+                out[key] = d.choice[text.index(trial.suggest_categorical(key, text))]
+        elif d.int_ is not None:
+            out[key] = trial.suggest_int(key, d.int_[0], d.int_[1], log=d.log)
+        else:
+            out[key] = trial.suggest_float(key, d.float_[0], d.float_[1], log=d.log)
+    return out
+
+
 def trial_count(sweep: SweepConfig) -> int:
     """Trials the sweep runs: the grid's size times ``num_samples``, else ``num_samples``."""
     if sweep.search.algorithm == "grid":
-        return math.prod(len(d.choice) for d in sweep.search.space.values()) * sweep.search.num_samples
+        return math.prod(len(d.grid_values()) for d in sweep.search.space.values()) * sweep.search.num_samples
     return sweep.search.num_samples
 
 
 def _mean(d: Distribution) -> float | None:
+    if d.subset is not None:
+        return None
     if d.choice is not None:
         nums = [v for v in d.choice if isinstance(v, (int, float))]
         return sum(nums) / len(nums) if len(nums) == len(d.choice) else None

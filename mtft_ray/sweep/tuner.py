@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -33,7 +34,7 @@ from mtft_ray.errors import MtftError
 from mtft_ray.storage import Storage, open_storage, probe_storage
 from mtft_ray.sweep.driver import trial_driver
 from mtft_ray.sweep.schema import SweepConfig, sweep_hash
-from mtft_ray.sweep.space import check_data, tune_space
+from mtft_ray.sweep.space import check_data, suggest, tune_space
 
 log = logging.getLogger("mtft_ray")
 
@@ -129,7 +130,9 @@ def _search_alg(sweep: SweepConfig, concurrency: int, study: str | None):
         from mtft_ray.sweep.hooks import FinalMetricOptuna
 
         storage = optuna.storages.RDBStorage(study) if study else None  # optuna-dashboard reads it
-        return ConcurrencyLimiter(FinalMetricOptuna(metric=s.metric, mode=s.mode, seed=sweep.seed,
+        space = functools.partial(suggest, space={k: d.model_dump(mode="json", by_alias=True, exclude_none=True)
+                                                  for k, d in s.space.items()})
+        return ConcurrencyLimiter(FinalMetricOptuna(space=space, metric=s.metric, mode=s.mode, seed=sweep.seed,
                                                     study_name=sweep.name if study else None, storage=storage),
                                   max_concurrent=concurrency)
     return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrency)
@@ -230,7 +233,7 @@ def run_sweep(sweep: SweepConfig, base: dict, out: str | Path | None = None, *, 
                                         "base": base}, indent=1).encode(), "sweep.json")
         tuner = tune.Tuner(
             trainable,
-            param_space=tune_space(sweep),
+            param_space={} if sweep.search.algorithm == "optuna" else tune_space(sweep),
             tune_config=tune.TuneConfig(search_alg=_search_alg(sweep, plan.concurrency, study),
                                         # the searcher limits concurrency (ConcurrencyLimiter, max_concurrent)
                                         scheduler=_scheduler(sweep), num_samples=sweep.search.num_samples),
@@ -260,7 +263,7 @@ def trial_rows(grid, keys: list[str], metric: str, storage: Storage | None = Non
         status = ("ERROR" if r.error else "TERMINATED" if metric in metrics
                   else "STOPPED" if metrics.get("done") else "INCOMPLETE")
         row: dict[str, Any] = {"trial_id": trial_id, "status": status}
-        row.update({k: (r.config or {}).get(k) for k in keys})
+        row.update({k: _cell((r.config or {}).get(k)) for k in keys})
         for k, v in metrics.items():
             if k in ("config", "trial_id") or isinstance(v, dict):
                 continue
@@ -272,6 +275,11 @@ def trial_rows(grid, keys: list[str], metric: str, storage: Storage | None = Non
             row["error"] = str(r.error).strip().splitlines()[-1][:300]
         rows.append(row)
     return sorted(rows, key=lambda x: str(x["trial_id"]))
+
+
+def _cell(value: Any) -> Any:
+    """A sampled value for a table: a list (a subset, a list of shots) as ``a+b+c``."""
+    return "+".join(map(str, value)) if isinstance(value, list) else value
 
 
 def trials_csv(rows: list[dict]) -> str:

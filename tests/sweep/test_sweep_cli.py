@@ -137,3 +137,49 @@ def test_trials_train_on_ray_train_workers_without_deadlock(tmp_path, tree):
     reports = [json.loads(x) for x in next(out.glob("*/result.json")).read_text().splitlines() if x.strip()]
     assert [("val_acc" in x, "acc_1shot" in x) for x in reports] == [(True, False), (True, True)]
     assert reports[0]["world_size"] == 2 and reports[0]["epoch"] == 1
+
+
+def test_optuna_searches_source_domain_subsets_through_include_flags(tmp_path):
+    """tasks.domains: {subset: [...]}: every trial finetunes on a non-empty subset of the source domains
+    (its manifest says so), the flags are Optuna's parameters, and the analysis reads them per domain.
+    A validation domain in the subset is refused before any trial."""
+    make_folder_tree(tmp_path / "data", domains=5)
+    base = yaml.safe_load(tiny_config(tmp_path, methods=["multitask"], tasks={"M": 3},
+                                      finetune={"epochs": 1, "tasks_per_step": 3, "val_episodes": 5},
+                                      eval={"shots": [1], "episodes": 20}).read_text())
+    base["data"]["split"] = {"target_domains": ["dom4"], "val_domains": ["dom3"]}
+    path, out = tmp_path / "subsets.yaml", tmp_path / "sw"
+
+    def write(items: list[str]) -> None:
+        path.write_text(yaml.safe_dump({"name": "subsets", "base": base, "search": {
+            "space": {"tasks.domains": {"subset": items}}, "algorithm": "optuna", "num_samples": 4,
+            "study_storage": "optuna.db"}}))
+
+    write(["dom0", "dom1", "dom3"])
+    bad = mtft("sweep", str(path), "--out", str(out), cwd=tmp_path)
+    assert bad.returncode == 2 and not out.exists(), bad.stderr
+    assert "with tasks.domains=['dom0', 'dom1', 'dom3']: tasks.domains: 'dom3' (held out: a target or validation domain) is not " \
+           "a source domain; source domains: dom0, dom1, dom2" in bad.stderr, bad.stderr
+
+    write(["dom0", "dom1", "dom2"])
+    r = mtft("sweep", str(path), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_rows(out)
+    assert len(rows) == 4 and {x["status"] for x in rows} == {"TERMINATED"}
+    for row in rows:
+        subset = row["tasks.domains"].split("+")
+        assert subset and set(subset) <= {"dom0", "dom1", "dom2"}
+        manifest = json.loads(next(out.glob(f"*{row['trial_id']}*/run/manifest.json")).read_text())
+        assert {t["domain"] for t in manifest["tasks"]} <= set(subset) and len(manifest["tasks"]) == 3
+    import optuna
+
+    study = optuna.load_study(study_name="subsets", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert {p for t in study.trials for p in t.params} <= {"tasks.domains[dom0]", "tasks.domains[dom1]",
+                                                           "tasks.domains[dom2]"}
+    a = mtft("analyze", str(out), cwd=tmp_path)
+    assert a.returncode == 0, a.stderr[-2000:]
+    report = (out / "analysis" / "report.md").read_text()
+    assert "### `tasks.domains`: with and without each item" in report
+    with open(out / "analysis" / "trials.csv") as f:
+        table = list(csv.DictReader(f))
+    assert all(x["tasks.domains[dom1]"] == str("dom1" in x["tasks.domains"].split("+")) for x in table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,61 @@ def test_trial_plan_concurrency_from_cluster():
     assert trial_plan(s, ray_train, {"CPU": 8.0, "TRAIN_DRIVER": 4.0}).concurrency == 4
     with pytest.raises(MtftError, match="TRAIN_DRIVER"):
         trial_plan(s, ray_train, {"CPU": 8.0})
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ({"subset": ["a"]}, "two or more distinct items"),
+    ({"subset": ["a", "a"]}, "two or more distinct items"),
+    ({"subset": ["a", "b"], "choice": [1]}, "exactly one of"),
+])
+def test_bad_subset_is_refused(tmp_path, spec, needle):
+    with pytest.raises(MtftError, match=needle):
+        load_sweep(write(tmp_path, {"space": {"tasks.domains": spec}}))
+
+
+def test_subset_only_on_a_list_key_and_random_search_enumerates_at_most_12_items(tmp_path):
+    with pytest.raises(MtftError, match=r"search.space.tasks.M=\['a', 'b'\]"):
+        load_sweep(write(tmp_path, {"space": {"tasks.M": {"subset": ["a", "b"]}}}))
+    many = [f"d{i}" for i in range(13)]
+    with pytest.raises(MtftError, match="8,191 non-empty subsets of 13 items.*use algorithm 'optuna'"):
+        load_sweep(write(tmp_path, {"space": {"tasks.domains": {"subset": many}}, "algorithm": "random"}))
+    sweep, _ = load_sweep(write(tmp_path, {"space": {"tasks.domains": {"subset": many}}}))  # optuna: flags
+    assert sweep.search.space["tasks.domains"].kind == "subset"
+
+
+def test_grid_over_a_subset_walks_every_non_empty_subset():
+    s = SweepConfig.model_validate({"search": {"algorithm": "grid", "num_samples": 1, "space": {
+        "tasks.domains": {"subset": ["a", "b", "c"]}, "tasks.M": {"choice": [25, 100]}}}})
+    assert trial_count(s) == 7 * 2
+    assert tune_space(s)["tasks.domains"] == {"grid_search": [["a"], ["b"], ["c"], ["a", "b"], ["a", "c"],
+                                                              ["b", "c"], ["a", "b", "c"]]}
+
+
+def test_optuna_define_by_run_never_samples_an_empty_subset():
+    """Real Optuna (TPE, seeded): one include flag per item, the last forced on when all others are off;
+    choices with list values travel as JSON text and come back as lists."""
+    import functools
+
+    import optuna
+
+    from mtft_ray.sweep.space import suggest
+
+    space = {"tasks.domains": {"subset": ["a", "b", "c"]}, "eval.shots": {"choice": [[1], [1, 5]]},
+             "finetune.lr": {"float": [1e-5, 1e-3], "log": True}, "tasks.M": {"int": [10, 20]}}
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0), direction="maximize")
+    seen = []
+    for _ in range(40):
+        trial = study.ask()
+        values = functools.partial(suggest, space=space)(trial)
+        seen.append(values)
+        study.tell(trial, float(len(values["tasks.domains"])))
+    subsets = {tuple(v["tasks.domains"]) for v in seen}
+    assert () not in subsets and len(subsets) >= 5 and subsets <= {
+        ("a",), ("b",), ("c",), ("a", "b"), ("a", "c"), ("b", "c"), ("a", "b", "c")}
+    assert {json.dumps(v["eval.shots"]) for v in seen} <= {"[1]", "[1, 5]"}
+    assert all(1e-5 <= v["finetune.lr"] <= 1e-3 and 10 <= v["tasks.M"] <= 20 for v in seen)
+    # the flags are Optuna's own parameters; when a and b are off, c is not asked but on
+    forced = [t for t in study.trials if not t.params["tasks.domains[a]"] and not t.params["tasks.domains[b]"]]
+    assert forced and all("tasks.domains[c]" not in t.params for t in forced)
+    # a trial's config carries the flags too; applying it sets only the list
+    assert apply_params({}, {"tasks.domains": ["a"], "tasks.domains[a]": True}) == {"tasks": {"domains": ["a"]}}
