@@ -56,8 +56,23 @@ def _distribution(spec: dict, values: pd.Series):
     return CategoricalDistribution([_primitive(c) for c in choices])
 
 
+def _flag_space(space: dict[str, dict]) -> dict[str, dict]:
+    """A searched subset stands for its include flags (``tasks.domains[lao]``: true / false)."""
+    from mtft_ray.sweep.space import flag_name
+
+    out: dict[str, dict] = {}
+    for key, spec in space.items():
+        if "subset" in spec:
+            out.update({flag_name(key, item): {"choice": [True, False]} for item in spec["subset"]})
+        else:
+            out[key] = spec
+    return out
+
+
 def param_importance(trials: pd.DataFrame, space: dict[str, dict], metric: str, mode: str) -> Importance:
-    """PED-ANOVA importance of each searched key that takes two or more values among ``trials``."""
+    """PED-ANOVA importance of each searched key that takes two or more values among ``trials``; a
+    searched subset is judged item by item, through its include flags."""
+    space = _flag_space(space)
     varying = [k for k in space if k in trials and trials[k].map(_primitive).nunique() > 1]
     if len(trials) < MIN_TRIALS:
         return Importance(note=f"needs ≥ {MIN_TRIALS} finished trials, the sweep has {len(trials)}", n=len(trials))

@@ -39,7 +39,7 @@ import yaml
 
 from mtft_ray.analysis.fetch import Location
 from mtft_ray.errors import MtftError
-from mtft_ray.sweep.space import apply_params
+from mtft_ray.sweep.space import apply_params, flag_name
 
 STATUSES = ("finished", "stopped early", "running", "pending", "incomplete", "errored")
 CONFIG_KEYS = ("selection.strategy", "selection.target_domain", "backbone.name", "tasks.M", "tasks.n_way",
@@ -79,6 +79,11 @@ class SweepData:
     def params(self) -> list[str]:
         """The searched keys (columns of :attr:`trials`)."""
         return list(self.space)
+
+    @property
+    def flags(self) -> dict[str, tuple[str, str]]:
+        """Include-flag columns of the searched subsets: ``tasks.domains[lao]`` → (``tasks.domains``, ``lao``)."""
+        return {flag_name(k, item): (k, item) for k, spec in self.space.items() for item in spec.get("subset", [])}
 
     @property
     def ci_column(self) -> str | None:
@@ -289,7 +294,18 @@ def _trial_row(loc: Location, rel: str, data: SweepData, tune: dict, csv_row: di
         data.problems.append(f"trial {trial}: its checkpoint {ckpt} is not in the sweep folder")
     row["note"] = _note(status, folder, csv_row, len(reports), data.metric)
     row["trial_dir"] = rel
+    _subset_columns(row, data)
     return row
+
+
+def _subset_columns(row: dict[str, Any], data: SweepData) -> None:
+    """A searched subset as ``a+b`` text plus one boolean column per item (its include flag)."""
+    for flag, (key, item) in data.flags.items():
+        value = row.get(key)
+        items = value if isinstance(value, list) else value.split("+") if isinstance(value, str) and value else None
+        if items is not None:
+            row[key] = "+".join(map(str, items))
+            row[flag] = item in items
 
 
 def _csv_status(row: dict, csv_row: dict | None) -> dict:

@@ -189,6 +189,9 @@ def recommend(data: SweepData, fit: Fit) -> Recommendation | None:
         if fit.ok and "log_Mm" not in fit.predictors:
             why = "the fit has no M·m term to extrapolate"
         rec = _from_best(trials, data, why)
+    for key, spec in data.space.items():  # a subset as the list an override takes: tasks.domains=[a,b]
+        if "subset" in spec and isinstance(rec.params.get(key), str):
+            rec.params[key] = "[" + ",".join(rec.params[key].split("+")) + "]"
     best = trials.loc[_best_index(pd.to_numeric(trials[data.metric]), data.mode)]
     rec.more = _more(trials, data, best)
     rec.weak = rec.basis == "fit" and (fit.perm_p >= WEAK_P or not fit.significant("log_Mm"))

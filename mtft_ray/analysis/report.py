@@ -28,7 +28,7 @@ from mtft_ray.analysis.importance import Importance
 from mtft_ray.analysis.load import STATUSES, SweepData
 from mtft_ray.analysis.plots import CAPTIONS
 from mtft_ray.analysis.recommend import WEAK_P, Recommendation
-from mtft_ray.analysis.stats import PERMUTATIONS, PREDICTORS, Correlation, Fit, pct
+from mtft_ray.analysis.stats import PERMUTATIONS, PREDICTORS, Correlation, Fit, inclusion_effects, pct
 
 Block = tuple[str, Any]
 MAX_TABLE_ROWS = 30
@@ -161,6 +161,27 @@ def _correlations(data: SweepData, corr: list[Correlation]) -> list[Block]:
             ("table", (["variable", "trials", "Spearman ρ", "95% CI", "note"], rows))]
 
 
+def _inclusions(data: SweepData) -> list[Block]:
+    """Per searched subset: each item's trials with it against those without it."""
+    blocks: list[Block] = []
+    finished = data.finished()
+    for key in (k for k, spec in data.space.items() if "subset" in spec):
+        flags = {f: item for f, (k, item) in data.flags.items() if k == key}
+        rows = [[e.item, e.n_in, e.n_out, pct(e.mean_in), pct(e.mean_out),
+                 f"{100 * e.diff:+.1f}" if math.isfinite(e.diff) else "-",
+                 f"± {100 * e.half_width:.1f}" if math.isfinite(e.half_width) else "-"]
+                for e in sorted(inclusion_effects(finished, flags, data.metric), key=lambda e: -e.diff
+                                if math.isfinite(e.diff) else math.inf)]
+        blocks += [("h3", f"`{key}`: with and without each item"),
+                   ("p", (f"Mean {data.metric} of the finished trials whose subset includes the item against those "
+                          f"that leave it out, largest gain first; the interval is a normal approximation and "
+                          f"needs two trials on each side. Other searched keys vary too, so read it as a "
+                          f"marginal comparison, not a causal effect.")),
+                   ("table", (["item", "trials with", "without", "mean with", "mean without", "difference (points)",
+                               "95% interval"], rows))]
+    return blocks
+
+
 def _fit(data: SweepData, fit: Fit) -> list[Block]:
     dropped = [f"{PREDICTORS[k]}: {v}" for k, v in fit.dropped.items()]
     if not fit.ok:
@@ -212,7 +233,7 @@ def build_report(data: SweepData, corr: list[Correlation], fit: Fit, importance:
         blocks += [("p", "Could not read everything:"), ("list", data.problems)]
     blocks += [("h2", "Best configuration"), *_best(data),
                ("h2", "Recommendation for the next run"), *_recommendation(rec),
-               ("h2", "Correlations"), *_correlations(data, corr),
+               ("h2", "Correlations"), *_correlations(data, corr), *_inclusions(data),
                ("h2", "Trend fit"), *_fit(data, fit),
                ("h2", "Trials"), *_trials_table(data),
                ("h2", "Plots")]

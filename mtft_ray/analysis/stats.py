@@ -235,6 +235,48 @@ def fit_trend(trials: pd.DataFrame, metric: str, n_perm: int = PERMUTATIONS, see
                [str(t) for t in trials.loc[rows.index, "trial_id"]])
 
 
+@dataclass(frozen=True)
+class Inclusion:
+    """The metric of trials that include one item of a searched subset against those that leave it out.
+
+    Attributes:
+        item: the item (a source domain).
+        n_in, n_out: finished trials with and without it.
+        mean_in, mean_out: their mean metric (NaN without trials).
+        diff: ``mean_in - mean_out``.
+        half_width: half the 95% interval of ``diff`` (normal approximation with each side's
+            standard error; NaN unless both sides have two or more trials).
+    """
+
+    item: str
+    n_in: int
+    n_out: int
+    mean_in: float
+    mean_out: float
+    diff: float
+    half_width: float
+
+
+def inclusion_effects(trials: pd.DataFrame, flags: dict[str, str], metric: str) -> list[Inclusion]:
+    """For each include-flag column (``flags``: column → item): the metric with the item and without it.
+
+    A marginal comparison over the sweep's trials: other searched keys are not held fixed, so it
+    reads as "trials with this domain scored ...", not as a causal effect.
+    """
+    y = pd.to_numeric(trials[metric], errors="coerce") if metric in trials else pd.Series(dtype=float)
+    out = []
+    for column, item in flags.items():
+        if column not in trials:
+            continue
+        on = trials[column].map(lambda v: v is True or v == "True")
+        a, b = y[on].dropna(), y[~on].dropna()
+        mean = lambda s: float(s.mean()) if len(s) else math.nan
+        se2 = lambda s: float(s.var(ddof=1)) / len(s) if len(s) >= 2 else math.nan
+        half = 1.96 * math.sqrt(se2(a) + se2(b))
+        out.append(Inclusion(item, len(a), len(b), mean(a), mean(b), mean(a) - mean(b), half))
+    return out
+
+
 def pct(v: float | None, digits: int = 1) -> str:
     """An accuracy as percent (``0.8162`` → ``81.6 %``); ``-`` when missing."""
     return "-" if v is None or not math.isfinite(float(v)) else f"{100 * float(v):.{digits}f} %"

@@ -124,3 +124,18 @@ def noise_trials(n: int = 12, seed: int = 1) -> list[Trial]:
     return [Trial({"tasks.M": [25, 50, 100][i % 3], "finetune.lr": [1e-4, 3e-4][i % 2]},
                   acc=float(rng.uniform(0.7, 0.8)), M=[25, 50, 100][i % 3], diversity=float(rng.uniform(-6, -4)),
                   consistency=float(rng.uniform(0.9, 0.95))) for i in range(n)]
+
+
+def subset_trials(n: int = 24, noise: float = 0.004, seed: int = 2) -> list[Trial]:
+    """Searched source domains a, b, c: acc = 0.70 + 0.05·[a] − 0.03·[c] + noise; b does nothing.
+    The subsets cycle through all seven non-empty ones (params as the sweep records them: lists)."""
+    rng = np.random.default_rng(seed)
+    subsets = [["a"], ["b"], ["c"], ["a", "b"], ["a", "c"], ["b", "c"], ["a", "b", "c"]]
+    out = []
+    for i in range(n):
+        s = subsets[i % 7]
+        acc = 0.70 + 0.05 * ("a" in s) - 0.03 * ("c" in s) + float(rng.normal(0, noise))
+        params = {"tasks.domains": s, "tasks.M": [50, 100][i % 2],
+                  **{f"tasks.domains[{x}]": x in s for x in "ab" if len(s) > 1 or x in s}}
+        out.append(Trial(params, acc=acc, M=params["tasks.M"], diversity=float(rng.uniform(-6, -4))))
+    return out

@@ -143,3 +143,31 @@ def test_a_sweep_without_trials_is_an_error(tmp_path):
     root = make_sweep(tmp_path / "sw", [])
     with pytest.raises(MtftError, match="has no trials yet"):
         analyze(str(root))
+
+
+def test_searched_domain_subsets_get_include_columns_effects_and_importance(tmp_path):
+    """Known effects: domain a adds 5 points, c costs 3, b nothing; the analysis recovers them."""
+    from synthetic import subset_trials
+
+    space = {"tasks.domains": {"subset": ["a", "b", "c"]}, "tasks.M": {"choice": [50, 100]}}
+    a = analyze(str(make_sweep(tmp_path / "sw", subset_trials(), space=space)))
+    t = pd.read_parquet(a.out / "trials.parquet")
+    assert set(t["tasks.domains"]) == {"a", "b", "c", "a+b", "a+c", "b+c", "a+b+c"}
+    for x in "abc":
+        assert (t[f"tasks.domains[{x}]"] == t["tasks.domains"].str.split("+").map(lambda s, x=x: x in s)).all()
+    md = (a.out / "report.md").read_text()
+    assert "### `tasks.domains`: with and without each item" in md
+    rows = {r[0]: r for r in (line.strip("| ").split(" | ") for line in md.splitlines())
+            if r[0] in ("a", "b", "c") and len(r) == 7}
+    assert list(rows) == ["a", "b", "c"]  # largest gain first
+    diff = {k: float(r[5]) for k, r in rows.items()}
+    half = {k: float(r[6].removeprefix("± ")) for k, r in rows.items()}
+    assert diff["a"] == pytest.approx(5, abs=1.0) and diff["c"] == pytest.approx(-3, abs=1.0)
+    assert abs(diff["b"]) < half["b"] and abs(diff["a"]) > half["a"] and abs(diff["c"]) > half["c"]
+    # importance judges the subset item by item: a and c matter, b does not
+    imp = a.importance.values
+    assert set(imp) == {"tasks.domains[a]", "tasks.domains[b]", "tasks.domains[c]", "tasks.M"}
+    assert min(imp["tasks.domains[a]"], imp["tasks.domains[c]"]) > 3 * imp["tasks.domains[b]"]
+    # the recommendation names a subset as an override takes it: with a, without c
+    rec = a.recommendation.params["tasks.domains"]
+    assert rec.startswith("[") and "a" in rec and "c" not in rec
