@@ -42,10 +42,10 @@ CAPTIONS = {
     "size.png": "Accuracy against the number of finetuning tasks M and samples per task m (log axes), and where "
                 "the trials sit in the M–m plane; dashed lines join configurations of equal M·m.",
     "diversity.png": "Accuracy against the diversity of each trial's task set, coloured by its mean consistency "
-                     "with the target (trials without a selection, e.g. strategy 'all', are not shown).",
+                     "with the target (trials that report no diversity, e.g. strategy 'all' without a target domain, are not shown).",
     "strategies.png": "Mean accuracy per selection strategy at each M·m; error bars are 95% CIs (a single "
                       "trial's own CI, or for repeats the larger of the propagated CI and 1.96·SD/√n).",
-    "importance.png": "How much each searched parameter explains the metric (Optuna PED-ANOVA; few trials make "
+    "importance.png": "How much each searched parameter explains the metric (Optuna fANOVA; few trials make "
                       "this indicative only).",
     "timeline.png": "When each trial ran, coloured by status.",
     "fit.png": "Each trial's metric against the trend fit's prediction with that trial held out; the dashed "
@@ -264,7 +264,7 @@ def plot_importance(data: SweepData, importance: Importance) -> Figure:
         ax.annotate(f"{v:.2f}", (v, i), textcoords="offset points", xytext=(4, 0), va="center", fontsize=8)
     ax.set_xlim(0, 1.12)
     ax.set_xlabel("importance (fraction of the metric's variation explained, sums to 1)")
-    ax.set_title(f"{data.name}: parameter importance for {data.metric} (Optuna PED-ANOVA, {importance.n} trials)",
+    ax.set_title(f"{data.name}: parameter importance for {data.metric} (Optuna fANOVA, {importance.n} trials)",
                  fontsize=10)
     return fig
 

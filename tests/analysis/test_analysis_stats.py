@@ -124,6 +124,7 @@ def test_constant_missing_and_collinear_predictors_are_dropped_with_reasons():
 def test_optuna_importance_from_the_search_space(trend, tmp_path):
     imp = param_importance(trend.finished(), trend.space, trend.metric, trend.mode)
     assert set(imp.values) == {"selection.strategy", "tasks.M"} and sum(imp.values.values()) == pytest.approx(1)
+    assert imp.values["tasks.M"] > 2 * imp.values["selection.strategy"]  # the trend is in M; strategy is noise
     one = load(make_sweep(tmp_path / "one", [Trial({"tasks.M": M}, M=M) for M in (25, 50, 100, 200)]))
     assert "≥ 2 searched parameters that vary; 1 do (tasks.M)" in param_importance(
         one.finished(), one.space, one.metric, one.mode).note
