@@ -121,12 +121,11 @@ def summary(a: Analysis) -> str:
         lines.append("correlation: " + "; ".join(
             f"{c.label} {c.rho:+.2f} [{c.lo:+.2f}, {c.hi:+.2f}] (n={c.n})" if math.isfinite(c.lo)
             else f"{c.label} - ({c.note})" for c in a.correlations))
-        for key in (k for k, spec in d.space.items() if "subset" in spec):
-            flags = {flag: item for flag, (k, item) in d.flags.items() if k == key}
-            lines.append(f"{key}: " + "; ".join(
-                f"{e.item} {100 * e.diff:+.1f}" + (f" ± {100 * e.half_width:.1f}" if math.isfinite(e.half_width) else "")
-                + f" ({e.n_in} with, {e.n_out} without)" for e in inclusion_effects(f, flags, d.metric)
-                if math.isfinite(e.diff)) + " points of accuracy, trials with vs without")
+        for key, flags in d.subsets.items():
+            effects = [e for e in inclusion_effects(f, flags, d.metric) if math.isfinite(e.diff)]
+            lines.append(f"{key}: " + "; ".join(f"{e.item} {100 * e.diff:+.1f}" + (
+                f" ± {100 * e.half_width:.1f}" if math.isfinite(e.half_width) else "")
+                + f" ({e.n_in} with, {e.n_out} without)" for e in effects) + " points, trials with vs without")
     if a.fit.ok:
         terms = " + ".join(p.replace("log_Mm", "log(M·m)") for p in a.fit.predictors)
         lines.append(f"fit:         {d.metric} ~ {terms} on {a.fit.n} trials; held-out MAE "

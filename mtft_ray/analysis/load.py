@@ -81,9 +81,11 @@ class SweepData:
         return list(self.space)
 
     @property
-    def flags(self) -> dict[str, tuple[str, str]]:
-        """Include-flag columns of the searched subsets: ``tasks.domains[lao]`` → (``tasks.domains``, ``lao``)."""
-        return {flag_name(k, item): (k, item) for k, spec in self.space.items() for item in spec.get("subset", [])}
+    def subsets(self) -> dict[str, dict[str, str]]:
+        """Searched subsets: key → its include-flag columns → item (``tasks.domains`` →
+        ``{"tasks.domains[lao]": "lao", ...}``)."""
+        return {k: {flag_name(k, item): item for item in spec["subset"]} for k, spec in self.space.items()
+                if "subset" in spec}
 
     @property
     def ci_column(self) -> str | None:
@@ -300,12 +302,12 @@ def _trial_row(loc: Location, rel: str, data: SweepData, tune: dict, csv_row: di
 
 def _subset_columns(row: dict[str, Any], data: SweepData) -> None:
     """A searched subset as ``a+b`` text plus one boolean column per item (its include flag)."""
-    for flag, (key, item) in data.flags.items():
+    for key, flags in data.subsets.items():
         value = row.get(key)
         items = value if isinstance(value, list) else value.split("+") if isinstance(value, str) and value else None
         if items is not None:
             row[key] = "+".join(map(str, items))
-            row[flag] = item in items
+            row.update({flag: item in items for flag, item in flags.items()})
 
 
 def _csv_status(row: dict, csv_row: dict | None) -> dict:

@@ -165,8 +165,7 @@ def _inclusions(data: SweepData) -> list[Block]:
     """Per searched subset: each item's trials with it against those without it."""
     blocks: list[Block] = []
     finished = data.finished()
-    for key in (k for k, spec in data.space.items() if "subset" in spec):
-        flags = {f: item for f, (k, item) in data.flags.items() if k == key}
+    for key, flags in data.subsets.items():
         rows = [[e.item, e.n_in, e.n_out, pct(e.mean_in), pct(e.mean_out),
                  f"{100 * e.diff:+.1f}" if math.isfinite(e.diff) else "-",
                  f"± {100 * e.half_width:.1f}" if math.isfinite(e.half_width) else "-"]
