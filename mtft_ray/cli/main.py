@@ -163,7 +163,8 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
 def _cmd_sweep(ns: argparse.Namespace) -> int:
     """Ray Tune + Optuna over an experiment's keys; ``--dry-run`` prints the space and cost only."""
     from mtft_ray.sweep import load_sweep
-    from mtft_ray.sweep.space import TRAIN_RATE_IMG_S, check_data, estimate_images, trial_count
+    from mtft_ray.sweep.space import (TRAIN_RATE_IMG_S, TRIAL_OVERHEAD_S, check_data, estimate_images,
+                                      estimate_minutes, trial_count)
     from mtft_ray.sweep.tuner import format_trials, local_resources, run_sweep, sweep_storage
     from mtft_ray.sweep.tuner import trial_plan as plan_trials
 
@@ -178,13 +179,14 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
         plan = plan_trials(sweep, base, cluster)
         n = trial_count(sweep)
         images = estimate_images(sweep, base)
-        minutes = n * images / TRAIN_RATE_IMG_S / plan.concurrency / 60
         print(f"sweep:       {sweep.name} ({sweep.search.algorithm}, {sweep.search.mode} {sweep.search.metric})")
         for k, d in sweep.search.space.items():
             print(f"  {k}: {d.describe()}")
         print(f"trials:      {n}, {plan.concurrency} at a time on {cluster} (each holds {plan.per_trial})")
         print(f"cost:        ~{images:.0f} finetuning images per trial (M*m*epochs) at ~{TRAIN_RATE_IMG_S:.0f} img/s "
-              f"-> ~{minutes:.1f} min of training, plus feature caching and evaluation")
+              f"+ ~{TRIAL_OVERHEAD_S:.0f} s per trial beside training -> ~"
+              f"{estimate_minutes(sweep, base, plan.concurrency):.1f} min on a 2-core CPU machine with the data "
+              f"cached (the first run also renders and embeds it); GPUs are much faster")
         check_data(sweep, base, path)
         print("data:        every episode shape of the space fits the data")
         print(f"output:      {where.uri('trials.csv')} (dry run: nothing trained)")

@@ -19,6 +19,10 @@ from mtft_ray.errors import MtftError
 from mtft_ray.sweep.schema import Distribution, SweepConfig
 
 TRAIN_RATE_IMG_S = 120.0  # measured multitask finetuning rate on this 2-core machine (EfficientNet-Lite0, 64 px)
+# measured per-trial time beside training on the same machine, cache warm: Tune starting the
+# trial, loading the cached store and features, validation and target evaluation
+# (sweeps/subsets-glyphs.yaml: 24 s of wall time per trial, 8 s of it training)
+TRIAL_OVERHEAD_S = 16.0
 
 
 MAX_SUBSETS = 4096  # grid / random enumerate a subset's non-empty subsets: at most 12 items
@@ -199,6 +203,19 @@ def _mean(d: Distribution) -> float | None:
         return sum(nums) / len(nums) if len(nums) == len(d.choice) else None
     lo, hi = d.int_ or d.float_
     return math.sqrt(lo * hi) if d.log else (lo + hi) / 2
+
+
+def estimate_minutes(sweep: SweepConfig, base: dict, concurrency: int) -> float:
+    """Wall minutes of the whole sweep on the reference 2-core machine (cache warm): each trial's
+    expected finetuning images at :data:`TRAIN_RATE_IMG_S` plus :data:`TRIAL_OVERHEAD_S`, trials
+    ``concurrency`` at a time.
+
+    >>> s = SweepConfig.model_validate({"search": {"space": {"tasks.M": {"choice": [24, 96]}}, "num_samples": 4}})
+    >>> round(estimate_minutes(s, {"methods": ["multitask"], "finetune": {"epochs": 1}}, 2), 2)
+    0.95
+    """
+    per_trial = estimate_images(sweep, base) / TRAIN_RATE_IMG_S + TRIAL_OVERHEAD_S
+    return math.ceil(trial_count(sweep) / concurrency) * per_trial / 60
 
 
 def estimate_images(sweep: SweepConfig, base: dict) -> float:

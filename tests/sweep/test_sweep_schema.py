@@ -11,7 +11,8 @@ import yaml
 from mtft_ray.errors import MtftError
 from mtft_ray.sweep import load_sweep
 from mtft_ray.sweep.schema import SweepConfig, sweep_hash
-from mtft_ray.sweep.space import apply_params, estimate_images, trial_count, tune_space
+from mtft_ray.sweep.space import (TRAIN_RATE_IMG_S, TRIAL_OVERHEAD_S, apply_params, estimate_images,
+                                  estimate_minutes, trial_count, tune_space)
 from mtft_ray.sweep.tuner import trial_plan
 
 BASE = {"methods": ["multitask"], "eval": {"shots": [1]}, "tasks": {"M": 20}, "finetune": {"epochs": 1}}
@@ -153,3 +154,14 @@ def test_optuna_define_by_run_never_samples_an_empty_subset():
     assert forced and all("tasks.domains[c]" not in t.params for t in forced)
     # a trial's config carries the flags too; applying it sets only the list
     assert apply_params({}, {"tasks.domains": ["a"], "tasks.domains[a]": True}) == {"tasks": {"domains": ["a"]}}
+
+
+def test_cost_estimate_counts_training_and_per_trial_overhead_in_waves():
+    """7 trials, 3 at a time: 3 waves, each as long as one trial (its images at the measured rate
+    plus the measured overhead)."""
+    s = SweepConfig.model_validate({"search": {"space": {"tasks.M": {"choice": [40, 80]}}, "num_samples": 7}})
+    base = {"methods": ["multitask"], "finetune": {"epochs": 2}}
+    images = estimate_images(s, base)
+    assert images == 60 * 25 * 2
+    assert estimate_minutes(s, base, 3) == pytest.approx(3 * (images / TRAIN_RATE_IMG_S + TRIAL_OVERHEAD_S) / 60)
+    assert estimate_minutes(s, base, 7) == pytest.approx(estimate_minutes(s, base, 3) / 3)
