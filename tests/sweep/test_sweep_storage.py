@@ -136,3 +136,20 @@ def test_data_errors_stop_the_sweep_before_any_trial(tmp_path, tree):
     no_val.write_text(yaml.safe_dump(raw))
     r = mtft("sweep", str(no_val), "--dry-run", cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "asha watches val_acc" in r.stderr and "no validation classes" in r.stderr
+
+
+def test_a_backbone_that_cannot_be_built_stops_the_sweep_before_any_trial(tmp_path, tree):
+    """A misspelt timm model, or packaged weights that no package ships, fail in the dry run and the
+    real run alike, naming the value; hub weights are fetched on use and pass the check."""
+    for space, needle in [({"backbone.name": {"choice": ["tf_efficientnet_lite0", "resnet_18"]}},
+                           "backbone.name='resnet_18': unknown timm model 'resnet_18'; did you mean resnet18"),
+                          ({"backbone.name": {"choice": ["resnet18"]}},
+                           "resnet18: no packaged weights for this model")]:
+        path = write_sweep(tmp_path, "bad-backbone", space, algorithm="grid")
+        for extra in (["--dry-run"], ["--out", str(tmp_path / "bb-out")]):
+            r = mtft("sweep", str(path), *extra, cwd=tmp_path, timeout=120)
+            assert r.returncode == 2 and needle in r.stderr, r.stderr[-2000:]
+            assert not (tmp_path / "bb-out").exists()
+    hub = write_sweep(tmp_path, "hub", {"backbone.name": {"choice": ["resnet18"]}}, algorithm="grid")
+    r = mtft("sweep", str(hub), "backbone.weights=hub", "--dry-run", cwd=tmp_path, timeout=120)
+    assert r.returncode == 0 and "every episode shape of the space fits the data" in r.stdout, r.stderr[-2000:]
