@@ -25,7 +25,7 @@ from matplotlib.ticker import NullLocator
 
 from mtft_ray.analysis.importance import Importance
 from mtft_ray.analysis.load import SweepData
-from mtft_ray.analysis.stats import PREDICTORS, Fit
+from mtft_ray.analysis.stats import PREDICTORS, Fit, inclusion_effects
 
 STRATEGY_ORDER = ("random", "no_consistency", "no_diversity", "selected", "all")
 STRATEGY_COLORS = {"random": "#7f7f7f", "no_consistency": "#ff7f0e", "no_diversity": "#9467bd",
@@ -50,6 +50,8 @@ CAPTIONS = {
     "timeline.png": "When each trial ran, coloured by status.",
     "fit.png": "Each trial's metric against the trend fit's prediction with that trial held out; the dashed "
                "line is a perfect prediction.",
+    "subsets.png": "For each item of a searched subset (a source domain): mean accuracy of the trials that include "
+                   "it minus that of the trials that leave it out, with a 95% interval (a marginal comparison).",
 }
 
 
@@ -329,6 +331,28 @@ def plot_fit(data: SweepData, fit: Fit) -> Figure:
     return fig
 
 
+def plot_subsets(data: SweepData) -> Figure:
+    if not data.subsets:
+        raise Skip("the sweep searches no subset (e.g. tasks.domains: {subset: [...]})")
+    finished = data.finished()
+    if finished.empty:
+        raise Skip("no finished trial")
+    fig = Figure(figsize=(7.5, 1.5 + 0.45 * sum(len(f) for f in data.subsets.values())))
+    axes = np.atleast_1d(fig.subplots(len(data.subsets), 1, squeeze=False)[:, 0])
+    for ax, (key, flags) in zip(axes, data.subsets.items()):
+        effects = [e for e in inclusion_effects(finished, flags, data.metric) if math.isfinite(e.diff)]
+        effects.sort(key=lambda e: e.diff)
+        diffs = [100 * e.diff for e in effects]
+        err = [100 * e.half_width if math.isfinite(e.half_width) else 0.0 for e in effects]
+        ax.barh([f"{e.item} ({e.n_in}/{e.n_out})" for e in effects], diffs, xerr=err, capsize=3,
+                color=["#2ca02c" if d > 0 else "#d62728" for d in diffs], edgecolor="k", lw=0.5)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel(f"{data.metric}: mean with minus mean without (points); (trials with / without)")
+        ax.set_title(f"{data.name}: {key}, each item with vs without (± 95% interval)", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
 def render_plots(data: SweepData, fit: Fit, importance: Importance) -> tuple[dict[str, bytes], dict[str, str]]:
     """Every plot as PNG bytes by file name, and the skipped ones with their reason."""
     makers: dict[str, Callable[[], Figure]] = {
@@ -338,6 +362,7 @@ def render_plots(data: SweepData, fit: Fit, importance: Importance) -> tuple[dic
         "importance.png": lambda: plot_importance(data, importance),
         "fit.png": lambda: plot_fit(data, fit),
         "timeline.png": lambda: plot_timeline(data),
+        "subsets.png": lambda: plot_subsets(data),
     }
     pngs, skipped = {}, {}
     for name, make in makers.items():

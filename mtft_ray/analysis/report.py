@@ -34,7 +34,8 @@ Block = tuple[str, Any]
 MAX_TABLE_ROWS = 30
 PLOT_TITLES = {"size.png": "Accuracy vs M and m", "diversity.png": "Accuracy vs diversity and consistency",
                "strategies.png": "Selection strategies", "importance.png": "Parameter importance",
-               "fit.png": "Trend fit on held-out trials", "timeline.png": "Trial timeline"}
+               "fit.png": "Trend fit on held-out trials", "timeline.png": "Trial timeline",
+               "subsets.png": "Each searched item, with vs without"}
 
 
 def _cell(v: Any) -> str:

@@ -15,7 +15,7 @@ from mtft_ray.analysis.plots import CAPTIONS
 from mtft_ray.errors import MtftError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOTS = sorted(CAPTIONS)
+PLOTS = sorted(set(CAPTIONS) - {"subsets.png"})  # subsets.png: only for sweeps that search a subset
 TREND_SPACE = {"selection.strategy": {"choice": ["random", "selected", "no_diversity"]}, "tasks.M": {"int": [25, 400]}}
 
 
@@ -38,7 +38,7 @@ def test_every_file_is_written(trend_analysis):
     assert out == trend_analysis.data.location.local / "analysis"  # default: PATH/analysis
     names = {p.name for p in trend_analysis.files}
     assert names == {"trials.csv", "trials.parquet", "report.md", "report.html", *PLOTS}
-    assert trend_analysis.skipped == {}
+    assert trend_analysis.skipped == {"subsets.png": "the sweep searches no subset (e.g. tasks.domains: {subset: [...]})"}
     for name in PLOTS:
         w, h = png_size(out / name)
         assert w > 500 and h > 200
@@ -84,7 +84,8 @@ def test_summary_lines(trend_analysis):
 def test_plots_that_cannot_be_drawn_are_listed_with_the_reason(tmp_path):
     trials = [Trial({"tasks.M": 100}, acc=0.7 + 0.01 * i, diversity=None, consistency=None) for i in range(3)]
     a = analyze(str(make_sweep(tmp_path / "sw", trials)), tmp_path / "out")
-    assert set(a.skipped) == {"size.png", "diversity.png", "strategies.png", "importance.png", "fit.png"}
+    assert set(a.skipped) == {"size.png", "diversity.png", "strategies.png", "importance.png", "fit.png",
+                              "subsets.png"}
     assert {p.name for p in a.files} == {"trials.csv", "trials.parquet", "timeline.png", "report.html", "report.md"}
     md = (tmp_path / "out" / "report.md").read_text()
     assert "Plots not drawn:" in md and "every finished trial has M=100 and m=25" in md
@@ -164,6 +165,7 @@ def test_searched_domain_subsets_get_include_columns_effects_and_importance(tmp_
     half = {k: float(r[6].removeprefix("± ")) for k, r in rows.items()}
     assert diff["a"] == pytest.approx(5, abs=1.0) and diff["c"] == pytest.approx(-3, abs=1.0)
     assert abs(diff["b"]) < half["b"] and abs(diff["a"]) > half["a"] and abs(diff["c"]) > half["c"]
+    assert png_size(a.out / "subsets.png")[0] > 500 and "subsets.png" not in a.skipped
     # importance judges the subset item by item: a and c matter, b does not
     imp = a.importance.values
     assert set(imp) == {"tasks.domains[a]", "tasks.domains[b]", "tasks.domains[c]", "tasks.M"}
