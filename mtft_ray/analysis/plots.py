@@ -6,7 +6,7 @@ silently missing.
 Example:
     >>> pngs, skipped = render_plots(data, fit, importance)   # doctest: +SKIP
     >>> sorted(pngs)                                           # doctest: +SKIP
-    ['diversity.png', 'fit.png', 'importance.png', 'size.png', 'strategies.png', 'timeline.png']
+    ['diversity.png', 'fit.png', 'importance.png', 'size.png', 'strategies.png', 'subsets.png', 'timeline.png']
 """
 
 from __future__ import annotations
