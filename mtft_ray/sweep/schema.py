@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -99,9 +100,7 @@ class Distribution(_Strict):
         """What a grid search walks: the choices, or every non-empty subset (smallest first)."""
         if self.subset is None:
             return list(self.choice or [])
-        n = len(self.subset)
-        masks = sorted(range(1, 2 ** n), key=lambda b: (bin(b).count("1"), [-(b >> i & 1) for i in range(n)]))
-        return [[x for i, x in enumerate(self.subset) if b >> i & 1] for b in masks]
+        return [list(c) for size in range(1, len(self.subset) + 1) for c in itertools.combinations(self.subset, size)]
 
     def describe(self) -> str:
         if self.subset is not None:
