@@ -268,7 +268,7 @@ def inclusion_effects(trials: pd.DataFrame, flags: dict[str, str], metric: str) 
     for column, item in flags.items():
         if column not in trials:
             continue
-        on = trials[column].map(lambda v: v is True or v == "True")
+        on = trials[column].map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else v == "True")
         a, b = y[on].dropna(), y[~on].dropna()
         mean = lambda s: float(s.mean()) if len(s) else math.nan
         se2 = lambda s: float(s.var(ddof=1)) / len(s) if len(s) >= 2 else math.nan
