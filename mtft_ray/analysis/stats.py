@@ -268,8 +268,9 @@ def inclusion_effects(trials: pd.DataFrame, flags: dict[str, str], metric: str) 
     for column, item in flags.items():
         if column not in trials:
             continue
-        on = trials[column].map(lambda v: bool(v) if isinstance(v, (bool, np.bool_)) else v == "True")
-        a, b = y[on].dropna(), y[~on].dropna()
+        flag = trials[column].map(lambda v: bool(v) if isinstance(v, (bool, np.bool_))
+                                  else {"True": True, "False": False}.get(v) if isinstance(v, str) else None)
+        a, b = y[flag == True].dropna(), y[flag == False].dropna()  # noqa: E712 - None (not sampled) is neither
         mean = lambda s: float(s.mean()) if len(s) else math.nan
         se2 = lambda s: float(s.var(ddof=1)) / len(s) if len(s) >= 2 else math.nan
         half = 1.96 * math.sqrt(se2(a) + se2(b))

@@ -130,3 +130,15 @@ def test_optuna_importance_from_the_search_space(trend, tmp_path):
         one.finished(), one.space, one.metric, one.mode).note
     assert "needs ≥ 4 finished trials" in param_importance(
         one.finished().head(3), one.space, one.metric, one.mode).note
+
+
+def test_inclusion_effects_with_known_means_and_unknown_flags():
+    from mtft_ray.analysis.stats import inclusion_effects
+
+    t = pd.DataFrame({"f": [True, False, True, False, None], "g": ["True", "False", "False", "False", "True"],
+                      "acc_1shot": [0.8, 0.7, 0.9, 0.6, 0.1]})
+    f, g = inclusion_effects(t, {"f": "a", "g": "b"}, "acc_1shot")
+    assert (f.n_in, f.n_out) == (2, 2) and f.diff == pytest.approx(0.2)  # the trial without a flag is neither
+    # each side's standard error: var(0.8, 0.9)/2 and var(0.7, 0.6)/2
+    assert f.half_width == pytest.approx(1.96 * (0.005 / 2 + 0.005 / 2) ** 0.5)
+    assert (g.n_in, g.n_out) == (2, 3) and g.mean_in == pytest.approx(0.45) and g.mean_out == pytest.approx((0.7 + 0.9 + 0.6) / 3)
