@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mtft_ray.sweep.space import flag_name
+
 MIN_TRIALS = 4
 
 
@@ -60,8 +62,6 @@ def _distribution(spec: dict, values: pd.Series):
 
 def _flag_space(space: dict[str, dict]) -> dict[str, dict]:
     """A searched subset stands for its include flags (``tasks.domains[lao]``: true / false)."""
-    from mtft_ray.sweep.space import flag_name
-
     out: dict[str, dict] = {}
     for key, spec in space.items():
         if "subset" in spec:
