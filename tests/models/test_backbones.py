@@ -9,15 +9,10 @@ from safetensors.torch import save_file
 
 from mtft_ray.errors import MtftError
 from mtft_ray.models import backbones
-from mtft_ray.models.backbones import (
-    PACKAGED_WEIGHTS,
-    PackagedWeights,
-    create_backbone,
-    freeze_batchnorm_stats,
-    model_fingerprint,
-    normalization,
-    to_input,
-)
+from mtft_ray.models.backbones import create_backbone
+from mtft_ray.models.inputs import normalization, to_input
+from mtft_ray.models.packaged import PACKAGED_WEIGHTS, PackagedWeights
+from mtft_ray.models.state import freeze_batchnorm_stats, model_fingerprint
 
 LITE0 = "tf_efficientnet_lite0"
 
