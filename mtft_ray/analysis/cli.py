@@ -12,7 +12,7 @@ import sys
 
 
 def _cmd_analyze(ns: argparse.Namespace) -> int:
-    from mtft_ray.analysis.analyze import analyze, summary
+    from mtft_ray.analysis.analyze import analyze, summary  # late: pandas and matplotlib, not needed for --help
 
     result = analyze(ns.path, ns.out, ns.endpoint_url)
     print(summary(result))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mtft_ray.sweep.space import flag_name
+from mtft_ray.sweep.schema import flag_name
 
 MIN_TRIALS = 4
 

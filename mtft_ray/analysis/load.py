@@ -39,7 +39,7 @@ import yaml
 
 from mtft_ray.analysis.fetch import Location
 from mtft_ray.errors import MtftError
-from mtft_ray.sweep.space import apply_params, flag_name
+from mtft_ray.sweep.schema import apply_params, flag_name
 
 STATUSES = ("finished", "stopped early", "running", "pending", "incomplete", "errored")
 CONFIG_KEYS = ("selection.strategy", "selection.target_domain", "backbone.name", "tasks.M", "tasks.n_way",

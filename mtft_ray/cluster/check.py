@@ -35,10 +35,14 @@ from typing import Any
 
 import yaml
 
+from mtft_ray.cluster.aws import (check_instance_type, describe_instance_types, fill_resources, gpu_instance_examples,
+                                  gpu_model, gpus, node_config_problems, quiet_ray_autoscaler)
 from mtft_ray.errors import MtftError
+from mtft_ray.ray_cluster import DRIVER_RESOURCE, full_scale
+from mtft_ray.sweep.load import load_sweep
+from mtft_ray.sweep.tuner import trial_plan
+from mtft_ray.train.plan import worker_resources
 
-DRIVER_RESOURCE = "TRAIN_DRIVER"  # the same name as mtft_ray.sweep.tuner.DRIVER_RESOURCE
-BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # the autoscaler's config, where `ray up` puts it on the head
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")
 
 
@@ -81,18 +85,7 @@ class ClusterReport:
     def full_scale(self) -> dict[str, float] | None:
         """Summed resources of the head plus every worker type at its ``max_workers`` (capped by
         the cluster's ``max_workers``, taken in file order); None when some are only known at start."""
-        total: dict[str, float] = {}
-        budget = self.max_workers
-        for t in sorted(self.node_types, key=lambda t: not t.head):
-            count = 1 if t.head else min(t.max_workers, budget)
-            budget -= 0 if t.head else count
-            if count == 0:
-                continue
-            if t.resources is None:
-                return None
-            for k, v in t.resources.items():
-                total[k] = total.get(k, 0.0) + float(v) * count
-        return total
+        return full_scale([(t.head, t.resources, t.max_workers) for t in self.node_types], self.max_workers)
 
 
 def check_cluster(path: str | Path, sweep: str | Path | None = None,
@@ -110,8 +103,6 @@ def check_cluster(path: str | Path, sweep: str | Path | None = None,
     provider = raw["provider"]["type"]
     prepared = _prepare(raw, path)
     if provider == "aws":
-        from mtft_ray.cluster.aws import fill_resources
-
         try:
             prepared = fill_resources(prepared)
         except MtftError as e:
@@ -194,8 +185,6 @@ def _region(raw: dict) -> str:
 
 def _aws_node_problems(types: dict, region: str) -> list[str]:
     """Each node type's InstanceType exists (moto's EC2 catalogue) and node_config keys are RunInstances'."""
-    from mtft_ray.cluster.aws import check_instance_type, describe_instance_types, node_config_problems
-
     names = tuple(sorted({str(t["node_config"].get("InstanceType")) for t in types.values()}))
     known = describe_instance_types(region, names)
     problems = []
@@ -210,8 +199,6 @@ def _prepare(raw: dict, path: Path) -> dict:
     """Ray's ``prepare_config``: defaults merged, legacy fields translated, per-type worker bounds."""
     import click
     from ray.autoscaler._private.util import prepare_config
-
-    from mtft_ray.cluster.aws import quiet_ray_autoscaler
 
     quiet_ray_autoscaler()
     try:
@@ -261,8 +248,6 @@ def _ray_validate(config: dict) -> list[str]:
 def _node_types(raw: dict, prepared: dict) -> list[NodeType]:
     if raw["provider"]["type"] == "local":
         return _local_node_types(raw, prepared)
-    from mtft_ray.cluster.aws import describe_instance_types, gpu_model
-
     nodes = prepared["available_node_types"]
     names = tuple(sorted({str(t.get("node_config", {}).get("InstanceType")) for t in nodes.values()}))
     catalog = describe_instance_types(_region(raw), names) if raw["provider"]["type"] == "aws" else {}
@@ -358,8 +343,6 @@ def _gpu_problems(raw: dict, types: list[NodeType]) -> list[str]:
     """Worker types meant for GPUs (by name or declared resources) must really get GPUs."""
     if raw["provider"]["type"] != "aws":
         return []
-    from mtft_ray.cluster.aws import describe_instance_types, gpu_instance_examples, gpus
-
     region = _region(raw)
     catalog = describe_instance_types(region, tuple(sorted({str(t.instance_type) for t in types})))
     problems = []
@@ -452,11 +435,6 @@ def _strings(value: Any, where: str = "") -> list[tuple[str, str]]:
 
 def _sweep_plan(report: ClusterReport, sweep_path: str | Path, overrides: list[str]) -> dict:
     """Per-trial resources and the trials at once of a sweep on this cluster at full scale."""
-    from mtft_ray.config.schema import ExperimentConfig
-    from mtft_ray.sweep import load_sweep
-    from mtft_ray.sweep.tuner import trial_plan
-    from mtft_ray.train.plan import worker_resources
-
     sweep, base = load_sweep(sweep_path, overrides)
     cluster = report.full_scale()
     if cluster is None:
@@ -467,9 +445,8 @@ def _sweep_plan(report: ClusterReport, sweep_path: str | Path, overrides: list[s
     except MtftError as e:
         raise MtftError(f"sweep {sweep_path} cannot run on {report.path}: {e}") from None
     bundles = [plan.driver]
-    cfg = ExperimentConfig.model_validate(base)
-    if cfg.train.workers and "multitask" in cfg.methods:
-        bundles.append(worker_resources(cfg.train))
+    if base.train.workers and "multitask" in base.methods:
+        bundles.append(worker_resources(base.train))
     for bundle in bundles:  # each bundle is placed on one node: some node type must hold it
         if not any(_holds(t, bundle) for t in report.node_types if t.head or t.max_workers):
             raise MtftError(f"sweep {sweep_path} cannot run on {report.path}: no node type holds {bundle} "
@@ -480,29 +457,6 @@ def _sweep_plan(report: ClusterReport, sweep_path: str | Path, overrides: list[s
 
 def _holds(t: NodeType, bundle: dict[str, float]) -> bool:
     return t.resources is not None and all(t.resources.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())
-
-
-def autoscaling_capacity(path: str | Path = BOOTSTRAP_CONFIG) -> dict[str, float] | None:
-    """The cluster's resources at full scale by its autoscaler's config, on a head that ``ray up``
-    launched (Ray has filled every node type's ``resources`` there); None elsewhere, and for the
-    local provider, whose machines all join at start.
-
-    An autoscaling cluster starts with few workers, so ``ray.cluster_resources()`` at a sweep's
-    start understates what it can run; this is what it grows to.
-    """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        return None
-    raw = yaml.safe_load(p.read_text()) or {}
-    if (raw.get("provider") or {}).get("type") in (None, "local"):
-        return None
-    head, cap = raw.get("head_node_type"), int(raw.get("max_workers", 0))
-    types = [NodeType(name, name == head, None, {k: float(v) for k, v in (t.get("resources") or {}).items()},
-                      None, None, None, int(t.get("min_workers", 0)),
-                      int(t.get("max_workers", 0 if name == head else cap)), "-")
-             for name, t in (raw.get("available_node_types") or {}).items()]
-    return ClusterReport(str(p), raw["provider"]["type"], None, raw.get("cluster_name", ""), cap, None,
-                         types).full_scale()
 
 
 # ------------------------------------------------------------------------------------------ output

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from mtft_ray.cluster import jobs
 from mtft_ray.errors import MtftError
 
 _ADDRESS_HELP = "the cluster's dashboard / job server (default $RAY_ADDRESS, else http://127.0.0.1:8265)"
@@ -85,7 +86,7 @@ def register(sub) -> None:
 
 
 def _cmd_check(ns: argparse.Namespace) -> int:
-    from mtft_ray.cluster.check import check_cluster, format_report
+    from mtft_ray.cluster.check import check_cluster, format_report  # late: it loads torch (through the sweep)
 
     sweep, overrides = (ns.sweep[0], ns.sweep[1:]) if ns.sweep else (None, [])
     if any("=" not in o for o in overrides):
@@ -98,8 +99,6 @@ def _cmd_check(ns: argparse.Namespace) -> int:
 
 
 def _cmd_submit(ns: argparse.Namespace) -> int:
-    from mtft_ray.cluster import jobs
-
     env = jobs.runtime_env(ns.working_dir, jobs.parse_env(ns.env), ns.pip)
     command = jobs.entrypoint(ns.command)
     client = None if ns.dry_run else jobs.connect(ns.address)  # no cluster: fail before anything else
@@ -124,11 +123,9 @@ def _cmd_submit(ns: argparse.Namespace) -> int:
 
 
 def _print_dry_run(command: str, env: dict, results: tuple | None, address: str) -> int:
-    from mtft_ray.cluster.jobs import code_source
-
     print(f"command:       {command}")
     print(f"runtime_env:   {json.dumps(env, indent=2)}")
-    print(f"code:          {code_source(env['working_dir'])}")
+    print(f"code:          {jobs.code_source(env['working_dir'])}")
     if results:
         print(f"results:       {results[0]}")
     print(f"address:       {address} (dry run: nothing submitted)")
@@ -136,8 +133,6 @@ def _print_dry_run(command: str, env: dict, results: tuple | None, address: str)
 
 
 def _follow(client, job_id: str, started: float) -> int:
-    from mtft_ray.cluster import jobs
-
     try:
         state = jobs.follow(client, job_id)
     except KeyboardInterrupt:
@@ -201,8 +196,6 @@ def _read_sweep(config: str, working_dir: Path) -> dict | None:
 
 
 def _cmd_jobs(ns: argparse.Namespace) -> int:
-    from mtft_ray.cluster import jobs
-
     client = jobs.connect(ns.address)
     listed = client.list_jobs()
     print(jobs.format_jobs(listed) if listed else f"no jobs on {jobs.dashboard_address(ns.address)}")
@@ -210,8 +203,6 @@ def _cmd_jobs(ns: argparse.Namespace) -> int:
 
 
 def _cmd_logs(ns: argparse.Namespace) -> int:
-    from mtft_ray.cluster import jobs
-
     client = jobs.connect(ns.address)
     jobs.status(client, ns.job)  # a clear error for an unknown id
     if ns.follow:
@@ -224,8 +215,6 @@ def _cmd_logs(ns: argparse.Namespace) -> int:
 
 
 def _cmd_stop(ns: argparse.Namespace) -> int:
-    from mtft_ray.cluster import jobs
-
     client = jobs.connect(ns.address)
     state = jobs.status(client, ns.job)
     if state in ("SUCCEEDED", "FAILED", "STOPPED"):

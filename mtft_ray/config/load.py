@@ -29,18 +29,32 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def set_dotted(raw: dict, key: str | list[str], value: Any) -> dict:
+    """Set one dotted key (``"finetune.lr"``) in a nested dict, creating sections; returns ``raw``.
+
+    Raises:
+        MtftError: a parent of the key holds a value, not a section.
+    """
+    path = key.split(".") if isinstance(key, str) else key
+    node = raw
+    for part in path[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise MtftError(f"{'.'.join(path)}: {part!r} is not a section")
+        node = node[part]
+    node[path[-1]] = value
+    return raw
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Set dotted keys in a nested dict (creating sections as needed); returns ``raw``."""
+    """Set dotted ``key=value`` overrides in a nested dict (creating sections as needed); returns ``raw``."""
     for item in overrides:
         path, value = parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            if not isinstance(node[part], dict):
-                raise MtftError(f"override {item!r}: {part!r} is not a section")
-            node = node[part]
-        node[path[-1]] = value
+        try:
+            set_dotted(raw, path, value)
+        except MtftError as e:
+            raise MtftError(f"override {item!r}: {str(e).split(': ', 1)[1]}") from None
     return raw
 
 

@@ -15,6 +15,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mtft_ray.config.sources import options_model
+from mtft_ray.errors import MtftError
+
 
 def format_validation_error(e: ValidationError) -> str:
     """Pydantic's errors as one line: ``unknown key 'data.foo'; tasks.M: ...``."""
@@ -31,6 +34,26 @@ def format_validation_error(e: ValidationError) -> str:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# Marks a field that says only *how* a run executes (or how far it goes), not what it computes:
+# a run may resume from its checkpoints after such a field changed (``resume_safe_fields``).
+RESUME_SAFE = {"resume_safe": True}
+
+
+def resume_safe_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted paths of every field marked :data:`RESUME_SAFE` in ``model`` and its sections.
+
+    >>> "finetune.epochs" in resume_safe_fields(ExperimentConfig)
+    True
+    """
+    out = []
+    for name, f in model.model_fields.items():
+        if (f.json_schema_extra or {}).get("resume_safe"):
+            out.append(prefix + name)
+        elif isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            out += resume_safe_fields(f.annotation, f"{prefix}{name}.")
+    return out
 
 
 class SplitConfig(_Strict):
@@ -53,24 +76,22 @@ class DataConfig(_Strict):
     source: str = "glyphs"
     options: dict = Field(default_factory=dict)  # validated by the source's own Options model
     image_size: int = Field(64, ge=16, le=1024)
-    cache_dir: str | None = None  # default: $MTFT_RAY_CACHE or ~/.cache/mtft-ray
+    cache_dir: str | None = Field(None, json_schema_extra=RESUME_SAFE)  # default: $MTFT_RAY_CACHE or ~/.cache/mtft-ray
     split: SplitConfig = Field(default_factory=SplitConfig)
 
     @model_validator(mode="after")
     def _check_options(self) -> "DataConfig":
-        from mtft_ray.data.sources import get_source  # late: sources import the config
-
-        try:
-            get_source(self.source).Options.model_validate(self.options)
-        except ValidationError as e:
-            raise ValueError(f"options of source {self.source!r}: {format_validation_error(e)}") from None
+        self.source_options()
         return self
 
     def source_options(self) -> BaseModel:
         """The validated options model of the chosen source."""
-        from mtft_ray.data.sources import get_source
-
-        return get_source(self.source).Options.model_validate(self.options)
+        try:
+            return options_model(self.source).model_validate(self.options)
+        except MtftError as e:
+            raise ValueError(str(e)) from None
+        except ValidationError as e:
+            raise ValueError(f"options of source {self.source!r}: {format_validation_error(e)}") from None
 
 
 class BackboneConfig(_Strict):
@@ -119,7 +140,7 @@ class TaskConfig(_Strict):
 class FinetuneConfig(_Strict):
     """Multitask finetuning (the paper's Algorithm 2)."""
 
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(2, ge=1, json_schema_extra=RESUME_SAFE)  # a finished run may be extended
     tasks_per_step: int = Field(1, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     # measured on glyphs (120 tasks, 1 epoch, validation 5-way 1-shot; pretrained 77%):
@@ -217,15 +238,15 @@ class TrainConfig(_Strict):
 
     workers: int = Field(0, ge=0)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, ge=0)
-    gpus_per_worker: float | None = Field(None, ge=0)  # default: 1 with use_gpu
-    resources_per_worker: dict[str, float] = Field(default_factory=dict)  # extra custom resources
-    torch_threads: int | None = Field(None, ge=1)  # per worker (default: CPUs per worker, at least 1)
+    cpus_per_worker: float = Field(1.0, ge=0, json_schema_extra=RESUME_SAFE)
+    gpus_per_worker: float | None = Field(None, ge=0, json_schema_extra=RESUME_SAFE)  # default: 1 with use_gpu
+    resources_per_worker: dict[str, float] = Field(default_factory=dict, json_schema_extra=RESUME_SAFE)  # extra custom resources
+    torch_threads: int | None = Field(None, ge=1, json_schema_extra=RESUME_SAFE)  # per worker (default: CPUs per worker, at least 1)
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
-    max_failures: int = Field(0, ge=-1)  # worker-group restarts from the last checkpoint (-1: forever)
-    checkpoints_to_keep: int = Field(2, ge=1)  # by validation score; the latest is always kept too
-    fail_at_step: int | None = Field(None, ge=1)  # test hook: rank 0 raises once at this global step
+    max_failures: int = Field(0, ge=-1, json_schema_extra=RESUME_SAFE)  # worker-group restarts from the last checkpoint (-1: forever)
+    checkpoints_to_keep: int = Field(2, ge=1, json_schema_extra=RESUME_SAFE)  # by validation score; the latest is always kept too
+    fail_at_step: int | None = Field(None, ge=1, json_schema_extra=RESUME_SAFE)  # test hook: rank 0 raises once at this global step
 
     @model_validator(mode="after")
     def _gpu_resources(self) -> "TrainConfig":

@@ -2,7 +2,7 @@
 
 Three ways to score the same episodes, timed in one run so their ratios are comparable:
 
-1. ``cached``: :func:`~mtft_ray.evaluation.episodes.episode_accuracy` on cached features.
+1. ``cached``: :func:`~mtft_ray.tasks.episodes.episode_accuracy` on cached features.
 2. ``loop``: a plain per-episode Python loop over the same cached features (``_loop_accuracy``
    below), the baseline the vectorised path must equal.
 3. ``reencode``: every episode's images through the backbone again, as the paper's code does
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mtft_ray.errors import MtftError
-from mtft_ray.evaluation.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
+from mtft_ray.tasks.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
 
 # Class-mean scale against unit noise: 15-way 5-shot accuracy lands near 0.72, far from 0 and 1.
 _SIGNAL = 0.18

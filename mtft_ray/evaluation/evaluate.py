@@ -16,9 +16,9 @@ from torch import nn
 
 from mtft_ray.config.schema import EvalConfig, ExperimentConfig
 from mtft_ray.data.store import SampleStore
-from mtft_ray.evaluation.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
+from mtft_ray.tasks.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
 from mtft_ray.evaluation.features import FeatureCache, embed
-from mtft_ray.models.backbones import model_fingerprint
+from mtft_ray.models.state import model_fingerprint
 
 
 class SplitFeatures:

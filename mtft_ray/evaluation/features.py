@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtft_ray.models.backbones import normalization, to_input
+from mtft_ray.models.inputs import normalization, to_input
 from mtft_ray.progress import progress as progress_bar
 
 

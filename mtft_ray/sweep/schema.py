@@ -27,17 +27,16 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mtft_ray.config.load import apply_overrides, read_yaml, validate
+from mtft_ray.config.load import set_dotted
 from mtft_ray.config.schema import ExperimentConfig, StorageConfig
-from mtft_ray.errors import MtftError
 
 
 class _Strict(BaseModel):
@@ -154,49 +153,26 @@ class SweepConfig(_Strict):
     max_failures: int = Field(0, ge=0)  # retries of a failed trial
 
 
-def sweep_hash(sweep: SweepConfig, base: dict) -> str:
+def sweep_hash(sweep: SweepConfig, base: ExperimentConfig) -> str:
     """A short hash of the sweep and its resolved base experiment (what resuming must match)."""
-    doc = {"sweep": sweep.model_dump(mode="json", by_alias=True, exclude={"base"}), "base": base}
+    doc = {"sweep": sweep.model_dump(mode="json", by_alias=True, exclude={"base"}), "base": base.model_dump(mode="json")}
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def resolve_base(sweep: SweepConfig, where: Path | None) -> dict:
-    """The base experiment as a raw dict (file or inline, plus ``overrides``), validated once."""
-    if isinstance(sweep.base, str):
-        path = Path(sweep.base)
-        if not path.is_absolute() and where is not None:
-            path = where.parent / path
-        raw = read_yaml(path)
-    else:
-        raw = json.loads(json.dumps(sweep.base))  # a deep copy
-    apply_overrides(raw, sweep.overrides)
-    cfg = validate(ExperimentConfig, raw, f"{where or 'sweep'}: base experiment")
-    return cfg.model_dump(mode="json")
+def flag_name(key: str, item: str) -> str:
+    """The Optuna parameter that includes ``item`` in the subset searched at ``key``."""
+    return f"{key}[{item}]"
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, dict]:
-    """The sweep config and its resolved base experiment, with the search space checked.
+def apply_params(raw: dict, params: dict[str, Any]) -> dict:
+    """A copy of the raw experiment ``raw`` with each dotted key of ``params`` set.
 
-    Args:
-        path: the sweep YAML.
-        overrides: dotted overrides of the sweep file (``search.num_samples=2``); keys that are not
-            sweep sections (``tasks.M=50``) are appended to the base experiment's ``overrides``.
-
-    Raises:
-        MtftError: naming the file and the bad key.
+    A subset's include flags (``tasks.domains[lao]``: Optuna's own parameters, recorded with the
+    trial) are skipped: the subset's list itself is in ``params``.
     """
-    from mtft_ray.sweep.space import check_space
-
-    path = Path(path)
-    raw = read_yaml(path)
-    if "search" not in raw:
-        raise MtftError(f"{path}: a sweep file needs a 'search:' section (is this an experiment config? "
-                        f"use 'mtft-ray run')")
-    own = [o for o in overrides or [] if o.split(".", 1)[0].split("=", 1)[0] in SweepConfig.model_fields]
-    raw["overrides"] = list(raw.get("overrides") or []) + [o for o in overrides or [] if o not in own]
-    apply_overrides(raw, own)
-    sweep = validate(SweepConfig, raw, str(path))
-    base = resolve_base(sweep, path)
-    check_space(sweep, base, str(path))
-    return sweep, base
+    out = copy.deepcopy(raw)
+    for key, value in params.items():
+        if not key.endswith("]"):
+            set_dotted(out, key, value)
+    return out

@@ -21,7 +21,7 @@ import numpy as np
 from mtft_ray.config.schema import TaskConfig
 from mtft_ray.data.store import SampleStore
 from mtft_ray.errors import MtftError
-from mtft_ray.evaluation.episodes import Episodes
+from mtft_ray.tasks.episodes import Episodes
 from mtft_ray.io import atomic_write_text
 
 

@@ -217,7 +217,8 @@ def test_full_scale_respects_the_global_worker_cap():
 def test_autoscaling_capacity_reads_the_bootstrap_config(tmp_path):
     """What an autoscaling cluster grows to, from the config `ray up` leaves on the head."""
     from mtft_ray.cluster.aws import fill_resources
-    from mtft_ray.cluster.check import _prepare, autoscaling_capacity
+    from mtft_ray.cluster.check import _prepare
+    from mtft_ray.ray_cluster import autoscaling_capacity
 
     bootstrap = fill_resources(_prepare(_aws(), Path("aws.yaml")))  # as Ray writes it: resources filled
     path = tmp_path / "ray_bootstrap_config.yaml"
@@ -228,13 +229,6 @@ def test_autoscaling_capacity_reads_the_bootstrap_config(tmp_path):
     local = tmp_path / "local.yaml"
     local.write_text(yaml.safe_dump({"provider": {"type": "local"}, "available_node_types": {}}))
     assert autoscaling_capacity(local) is None
-
-
-def test_driver_resource_name_matches_the_tuner():
-    from mtft_ray.cluster import check
-    from mtft_ray.sweep import tuner
-
-    assert check.DRIVER_RESOURCE == tuner.DRIVER_RESOURCE
 
 
 def test_ray_start_resources_and_image_versions():
@@ -289,12 +283,14 @@ def test_a_sweep_on_a_fresh_autoscaling_head_plans_for_the_grown_cluster(tmp_pat
     from mtft_ray.cluster.aws import fill_resources
     from mtft_ray.cluster.check import _prepare
     from mtft_ray.sweep.schema import SweepConfig
-    from mtft_ray.sweep.tuner import cluster_capacity, trial_plan
+    from mtft_ray.config.schema import ExperimentConfig
+    from mtft_ray.ray_cluster import cluster_capacity
+    from mtft_ray.sweep.tuner import trial_plan
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.0, "TRAIN_DRIVER": 8.0, "memory": 1e10})
     sweep = SweepConfig.model_validate({"search": {"space": {"seed": {"choice": [0]}}}, "resources": {"cpu": 4, "gpu": 1}})
     with pytest.raises(MtftError, match="short of"):
-        trial_plan(sweep, {}, cluster_capacity())  # no bootstrap config: live resources only
+        trial_plan(sweep, ExperimentConfig(), cluster_capacity())  # no bootstrap config: live resources only
     (tmp_path / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(fill_resources(_prepare(_aws(), Path("aws.yaml")))))
-    assert trial_plan(sweep, {}, cluster_capacity()).concurrency == 8
+    assert trial_plan(sweep, ExperimentConfig(), cluster_capacity()).concurrency == 8

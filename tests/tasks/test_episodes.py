@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mtft_ray.errors import MtftError
-from mtft_ray.evaluation.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
+from mtft_ray.tasks.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
 
 
 def _labels(n_classes: int, per_class: int, seed: int = 0) -> np.ndarray:

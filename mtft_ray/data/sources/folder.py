@@ -18,23 +18,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
 
-from mtft_ray.data.sources import register
+from mtft_ray.config.sources import FolderOptions
+from mtft_ray.data.sources.registry import register
 from mtft_ray.data.store import SampleStore, build_store
 from mtft_ray.errors import MtftError
 from mtft_ray.progress import progress as progress_bar
 
 _VERSION = 1
-
-
-class FolderOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    root: str = ""
-    extensions: list[str] = Field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".webp"])
-    max_per_class: int | None = Field(None, ge=1)  # first N files per class in sorted order
-    workers: int = Field(8, ge=1)  # decoding threads
 
 
 def _list_files(opt: FolderOptions) -> list[tuple[str, str, Path]]:

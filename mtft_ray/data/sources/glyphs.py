@@ -57,16 +57,15 @@ from pathlib import Path
 import numpy as np
 import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
-from pydantic import BaseModel, ConfigDict, Field
 
-from mtft_ray.data.sources import register
+from mtft_ray.config.sources import DEFAULT_FONT_DIRS, GlyphOptions
+from mtft_ray.data.sources.registry import register
 from mtft_ray.data.store import SampleStore, build_store
 from mtft_ray.errors import MtftError
 from mtft_ray.progress import progress as progress_bar
 
 _VERSION = 1  # bump whenever the images a given (options, fonts, seed) produce change
 
-DEFAULT_FONT_DIRS = ["/usr/share/fonts", "/usr/local/share/fonts", "~/.fonts", "~/.local/share/fonts"]
 INSTALL_HINT = "apt-get install fonts-noto-core fonts-freefont-ttf fonts-dejavu-core fonts-liberation"
 _FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".otc")
 
@@ -88,34 +87,6 @@ _LOOKALIKES = frozenset({
     0x1540,  # CANADIAN SYLLABICS WEST-CREE Y, drawn as FINAL PLUS
 })
 _MIN_EXTENT_EM = 0.3  # a glyph's larger side must span this much of its em to count
-
-
-class GlyphOptions(BaseModel):
-    """Options of the ``glyphs`` source (``data.options`` in an experiment's YAML).
-
-    Augmentation strengths are maxima: each sample draws its own value uniformly in
-    ``[-x, x]`` (``[0, x]`` for blur).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    samples_per_class: int = Field(20, ge=1)
-    min_designs: int = Field(3, ge=1)  # font faces that must draw a letter for it to be a class
-    min_classes_per_script: int = Field(10, ge=1)
-    # seeded random subset of bigger scripts, so the two big syllabaries (Canadian 699, Ethiopic 453)
-    # do not make up 40% of all classes; None keeps every class
-    max_classes_per_script: int | None = Field(60, ge=1)
-    scripts: list[str] | None = Field(None, min_length=1)  # only these scripts (names as in list_scripts)
-    font_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_FONT_DIRS))
-    rotation_deg: float = Field(10.0, ge=0)
-    shear: float = Field(0.2, ge=0)  # x-shear factor
-    scale_jitter: float = Field(0.15, ge=0, lt=1)  # relative size change
-    translate: float = Field(0.08, ge=0, le=0.5)  # shift, as a fraction of the image size
-    stroke_jitter: float = Field(0.015, ge=0, le=0.1)  # stroke half-width change, fraction of image size
-    blur_sigma: float = Field(0.6, ge=0)  # Gaussian blur, in output pixels
-    # Rendering processes (0: one per CPU). Any count gives the same store, so it is not part of
-    # the fingerprint. More than 1 spawns processes: a calling script needs `if __name__ == "__main__":`.
-    workers: int = Field(1, ge=0)
 
 
 @dataclass(frozen=True, order=True)

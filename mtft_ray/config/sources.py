@@ -1,0 +1,75 @@
+"""The options of each data source (``data.options``), validated with the experiment config.
+
+They live in the config layer so that a config is checked whole when it is loaded, before any
+data is touched; a data source (:mod:`mtft_ray.data.sources`) names its options model here with
+:func:`register_options` (its ``register`` does it).
+
+Example:
+    >>> options_model("glyphs")(samples_per_class=4).samples_per_class
+    4
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mtft_ray.errors import MtftError
+
+DEFAULT_FONT_DIRS = ["/usr/share/fonts", "/usr/local/share/fonts", "~/.fonts", "~/.local/share/fonts"]
+
+
+class GlyphOptions(BaseModel):
+    """Options of the ``glyphs`` source (``data.options`` in an experiment's YAML).
+
+    Augmentation strengths are maxima: each sample draws its own value uniformly in
+    ``[-x, x]`` (``[0, x]`` for blur).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples_per_class: int = Field(20, ge=1)
+    min_designs: int = Field(3, ge=1)  # font faces that must draw a letter for it to be a class
+    min_classes_per_script: int = Field(10, ge=1)
+    # seeded random subset of bigger scripts, so the two big syllabaries (Canadian 699, Ethiopic 453)
+    # do not make up 40% of all classes; None keeps every class
+    max_classes_per_script: int | None = Field(60, ge=1)
+    scripts: list[str] | None = Field(None, min_length=1)  # only these scripts (names as in list_scripts)
+    font_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_FONT_DIRS))
+    rotation_deg: float = Field(10.0, ge=0)
+    shear: float = Field(0.2, ge=0)  # x-shear factor
+    scale_jitter: float = Field(0.15, ge=0, lt=1)  # relative size change
+    translate: float = Field(0.08, ge=0, le=0.5)  # shift, as a fraction of the image size
+    stroke_jitter: float = Field(0.015, ge=0, le=0.1)  # stroke half-width change, fraction of image size
+    blur_sigma: float = Field(0.6, ge=0)  # Gaussian blur, in output pixels
+    # Rendering processes (0: one per CPU). Any count gives the same store, so it is not part of
+    # the fingerprint. More than 1 spawns processes: a calling script needs `if __name__ == "__main__":`.
+    workers: int = Field(1, ge=0)
+
+
+class FolderOptions(BaseModel):
+    """Options of the ``folder`` source: a tree ``root/<domain>/<class>/<image files>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = ""
+    extensions: list[str] = Field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".webp"])
+    max_per_class: int | None = Field(None, ge=1)  # first N files per class in sorted order
+    workers: int = Field(8, ge=1)  # decoding threads
+
+_OPTIONS: dict[str, type[BaseModel]] = {"glyphs": GlyphOptions, "folder": FolderOptions}
+
+
+def register_options(name: str, model: type[BaseModel]) -> None:
+    """Name the options model of data source ``name`` (a plug-in source calls it through ``register``)."""
+    _OPTIONS[name] = model
+
+
+def options_model(name: str) -> type[BaseModel]:
+    """The options model of data source ``name``.
+
+    Raises:
+        MtftError: no source of that name is registered.
+    """
+    if name not in _OPTIONS:
+        raise MtftError(f"unknown data source {name!r}; known: {', '.join(sorted(_OPTIONS))}")
+    return _OPTIONS[name]
