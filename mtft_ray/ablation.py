@@ -23,7 +23,6 @@ from mtft_ray.io import atomic_write_json
 from mtft_ray.selection.apply import SelectionData, choose_tasks, target_domains
 from mtft_ray.selection.plot import plot_selection
 from mtft_ray.tasks.pool import write_manifest
-from mtft_ray.train.multitask import finetune_multitask
 
 log = logging.getLogger("mtft_ray")
 
@@ -61,7 +60,7 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
     out, digest, exp = _start(cfg, out_dir, "ablation.json")
     pretrained = exp.backbone()
     data = SelectionData(exp, pretrained)
-    validate = exp.validate if exp.val is not None and cfg.finetune.epochs > 1 else None
+    validate = cfg.finetune.epochs > 1  # one epoch: nothing to choose between
     targets = []
     for domain in target_domains(exp, cfg.selection.ablation_targets):
         evaluator = exp.target_evaluator(domain)
@@ -74,9 +73,7 @@ def run_ablation(cfg: ExperimentConfig, out_dir: str | Path) -> dict:
                 k = chosen.result.k
                 plot_selection(chosen.result, out / f"selection-{domain}.png")
             model = exp.backbone()
-            state, _ = finetune_multitask(model, chosen.tasks, exp.images, cfg.finetune, validate=validate,
-                                          device=exp.device, progress=cfg.run.progress)
-            model.load_state_dict(state)
+            model.load_state_dict(exp.finetune_multitask(chosen.tasks, validate=validate).best_state)
             summary = chosen.summary()
             for r in evaluator.evaluate(model):
                 rows.append({**r, "strategy": strategy, "k": summary["k"], "M": summary["M"],

@@ -25,14 +25,17 @@ from mtft_ray.config.schema import ExperimentConfig
 from mtft_ray.data.load import cache_root, load_store
 from mtft_ray.data.splits import ClassSplit, split_classes
 from mtft_ray.data.store import SampleStore
+from mtft_ray.errors import MtftError
 from mtft_ray.evaluation.evaluate import EpisodeEvaluator, validation_evaluator
 from mtft_ray.evaluation.features import FeatureCache
 from mtft_ray.io import atomic_write_json
 from mtft_ray.models.backbones import create_backbone
 from mtft_ray.selection.apply import Chosen, SelectionData, choose_tasks, target_domain_classes
+from mtft_ray.storage import Storage
 from mtft_ray.tasks.pool import TaskSet, domain_classes, make_tasks, write_manifest
-from mtft_ray.train.multitask import EpochStats, finetune_multitask
+from mtft_ray.train.distributed import finetune_distributed, open_run_storage, preflight
 from mtft_ray.train.standard import finetune_standard
+from mtft_ray.train.worker import TrainRun, WorkerData, finetune_local
 
 log = logging.getLogger("mtft_ray")
 
@@ -47,8 +50,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from mtft_ray.errors import MtftError
-
         raise MtftError("run.device is 'cuda' but no CUDA GPU is visible")
     return torch.device(name)
 
@@ -100,18 +101,26 @@ class Experiment:
     def validate(self, model: torch.nn.Module) -> float:
         return self.val.evaluate(model)[0]["acc"]
 
+    def finetune_multitask(self, tasks: TaskSet, *, validate: bool = True,
+                           on_epoch: Callable[[dict], None] | None = None) -> TrainRun:
+        """Multitask finetuning in this process, on this experiment's data (the one worker function)."""
+        data = WorkerData(self.store, self.images, self.val if validate else None)
+        return finetune_local(self.cfg, tasks, data, self.device, on_epoch=on_epoch, progress=self.cfg.run.progress)
+
     def describe(self) -> dict:
         return {"store": {"fingerprint": self.store.fingerprint(), "samples": self.store.num_samples,
                           "classes": self.store.num_classes, "domains": self.store.num_domains},
                 "split": self.split.to_json(self.store)}
 
 
-def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, on_epoch: Callable[[EpochStats], None] | None = None,
-                   train_callbacks: Sequence = ()) -> dict:
+def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Storage | None = None,
+                   on_epoch: Callable[[dict], None] | None = None, train_callbacks: Sequence = ()) -> dict:
     """Run the configured methods and write ``out_dir/result.json``; returns the result.
 
     Args:
-        on_epoch: called after every epoch of in-process multitask finetuning (a sweep's
+        storage: the run's storage folder, already opened and probed (:func:`open_run_storage`);
+            by default it is opened here when multitask finetuning runs on Ray Train workers.
+        on_epoch: called with each epoch's metrics of in-process multitask finetuning (a sweep's
             per-epoch report).
         train_callbacks: Ray Train callbacks for multitask finetuning on workers (the sweep's
             ``TuneReportCallback``, which forwards the workers' per-epoch reports to Tune).
@@ -120,10 +129,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, on_epoch: Call
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").unlink(missing_ok=True)  # a stale result must not look like this run's
     digest = save_resolved(cfg, out)
-    if cfg.train.workers and "multitask" in cfg.methods:
-        from mtft_ray.train.distributed import preflight
-
-        preflight(cfg, out)  # storage, resume spec and cluster size fail here, before anything trains
+    distributed = bool(cfg.train.workers) and "multitask" in cfg.methods
+    if distributed:
+        storage = storage or open_run_storage(cfg, out)
+        preflight(cfg, storage)  # resume spec and cluster size fail here, before anything trains
     seed_everything(cfg.seed)
     t_start = time.perf_counter()
     exp = Experiment(cfg)
@@ -142,20 +151,17 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, on_epoch: Call
         if method == "direct":
             rows = exp.target.evaluate(model, use_cache=True)
         else:
-            validate = exp.validate if exp.val is not None else None
-            if method == "multitask" and cfg.train.workers:
-                from mtft_ray.train.distributed import finetune_distributed
-
-                run = finetune_distributed(cfg, tasks, out, callbacks=train_callbacks)  # best checkpoint from storage
-                state, hist = run.best_state, run.history
+            if method == "multitask" and distributed:
+                run = finetune_distributed(cfg, tasks, storage, callbacks=train_callbacks)  # best checkpoint from storage
                 atomic_write_json(out / "multitask_run.json", run.summary())
-            elif method == "multitask":
-                state, hist = finetune_multitask(model, tasks, exp.images, cfg.finetune, validate=validate,
-                                                 device=exp.device, progress=cfg.run.progress, on_epoch=on_epoch)
+                state, hist = run.best_state, run.history
+            elif method == "multitask":  # the same worker function, in this process
+                run = exp.finetune_multitask(tasks, on_epoch=on_epoch)
+                state, hist = run.best_state, run.history
             else:
                 state, hist = finetune_standard(model, tasks, exp.store.labels, exp.images, cfg.standard,
-                                                cfg.finetune, validate=validate, device=exp.device,
-                                                progress=cfg.run.progress)
+                                                cfg.finetune, validate=exp.validate if exp.val is not None else None,
+                                                device=exp.device, progress=cfg.run.progress)
             model.load_state_dict(state)
             histories[method] = [h.to_json() for h in hist]
             rows = exp.target.evaluate(model)

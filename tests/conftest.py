@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# moto's request recorder (tests/moto_s3.recording) reads its file's path when moto is first
+# imported: keep it out of the working tree
+os.environ.setdefault("MOTO_RECORDER_FILEPATH", os.path.join(tempfile.gettempdir(), f"mtft-moto-requests-{os.getpid()}.jsonl"))
 
 from mtft_ray.data.store import SampleStore, build_store  # noqa: E402
 

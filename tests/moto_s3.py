@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -50,3 +51,23 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def recording(endpoint: str) -> Iterator[Callable[[], list[dict]]]:
+    """Record every request the moto server at ``endpoint`` receives (moto's own recorder); yield a
+    function that returns them (``{"method", "url", ...}`` each). The server writes the recording to
+    ``$MOTO_RECORDER_FILEPATH``, read when moto is first imported (tests/conftest.py sets it)."""
+    import requests
+
+    requests.post(f"{endpoint}/moto-api/recorder/reset-recording", timeout=10)
+    requests.post(f"{endpoint}/moto-api/recorder/start-recording", timeout=10)
+
+    def requests_so_far() -> list[dict]:
+        text = requests.get(f"{endpoint}/moto-api/recorder/download-recording", timeout=10).text
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    try:
+        yield requests_so_far
+    finally:
+        requests.post(f"{endpoint}/moto-api/recorder/stop-recording", timeout=10)

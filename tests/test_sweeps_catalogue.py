@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from mtft_ray.config import config_hash, load_config
-from mtft_ray.sweep import load_sweep
+from mtft_ray.sweep.load import load_sweep
 from mtft_ray.sweep.space import trial_count
 
 SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
@@ -44,5 +44,5 @@ def test_default_yaml_is_the_builtin_default():
 def test_quickstart_is_a_small_grid_on_one_target():
     sweep, base = load_sweep(SWEEPS[0].parent / "quickstart.yaml")
     assert sweep.search.algorithm == "grid" and trial_count(sweep) == 6
-    assert base["methods"] == ["multitask"] and base["eval"]["shots"] == [1]
-    assert base["selection"]["target_domain"] == "lao" and base["finetune"]["epochs"] == 1
+    assert base.methods == ["multitask"] and base.eval.shots == [1]
+    assert base.selection.target_domain == "lao" and base.finetune.epochs == 1

@@ -20,10 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mtft_ray.config.load import validate
 from mtft_ray.config.schema import ExperimentConfig, StorageConfig
-from mtft_ray.sweep.space import apply_params
-from mtft_ray.train.multitask import EpochStats
+from mtft_ray.experiment import run_experiment
+from mtft_ray.sweep.space import with_params
 
 
 def _primary_method(methods: list[str]) -> str:
@@ -61,42 +60,47 @@ def metrics_from_result(result: dict, trial_dir: str | Path) -> dict[str, Any]:
     return out
 
 
-def epoch_metrics(stats: EpochStats) -> dict[str, Any]:
-    """A per-epoch report: what ASHA watches (``val_acc``) and training progress; no target accuracy."""
-    out = {"epoch": stats.epoch, "train_loss": stats.train_loss, "train_acc": stats.train_acc,
-           "images_per_s": round(stats.images_per_s, 1)}
-    if stats.val_acc is not None:
-        out["val_acc"] = stats.val_acc
+def epoch_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A per-epoch report from an epoch's metrics (what every path of the trainer reports): what
+    ASHA watches (``val_acc``) and training progress; no target accuracy."""
+    out = {"epoch": metrics["epoch"], "train_loss": metrics["train_loss"], "train_acc": metrics["train_acc"],
+           "images_per_s": round(metrics["images_per_s"], 1)}
+    if metrics.get("val_acc") is not None:
+        out["val_acc"] = metrics["val_acc"]
     return out
 
 
-def trial_driver(params: dict[str, Any], base: dict, threads: int | None = None, storage: dict | None = None) -> None:
+def trial_config(base: ExperimentConfig, params: dict[str, Any], trial_dir: Path, threads: int | None = None,
+                 storage: StorageConfig | None = None) -> ExperimentConfig:
+    """The trial's experiment: ``base`` with the sampled ``params`` (validated once), no progress
+    bars, the trial's CPU share as torch threads, and its checkpoints under the sweep's S3 folder."""
+    cfg = with_params(base, params, f"trial config {params}")
+    run = {"progress": False, **({"threads": threads} if cfg.run.threads is None and threads else {})}
+    update: dict[str, Any] = {"run": cfg.run.model_copy(update=run)}
+    if storage and not cfg.storage.path:
+        path = f"{storage.path.rstrip('/')}/{trial_dir.parent.name}/train"
+        update["storage"] = storage.model_copy(update={"path": path})
+    return cfg.model_copy(update=update)
+
+
+def trial_driver(params: dict[str, Any], base: ExperimentConfig, threads: int | None = None,
+                 storage: StorageConfig | None = None) -> None:
     """Tune function trainable: run the experiment for ``params``, report each epoch and the result.
 
     Args:
         params: sampled values keyed by dotted experiment keys (Tune's ``config``).
-        base: the resolved base experiment (a raw dict); bound with ``tune.with_parameters``.
+        base: the validated base experiment; bound with ``tune.with_parameters``.
         threads: torch threads when ``run.threads`` is not set (the trial's CPU share).
         storage: the sweep's S3 storage settings; Ray Train workers of this trial then keep
             their checkpoints under ``<sweep>/<trial>/train`` there (shared by every node),
             unless the base experiment names its own ``storage.path``.
     """
-    from ray import tune
+    from ray import tune  # inside a Tune trial only
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from mtft_ray.experiment import run_experiment
-
-    raw = apply_params(base, params)
-    cfg = validate(ExperimentConfig, raw, f"trial config {params}")
-    cfg.run.progress = False
-    if cfg.run.threads is None and threads:
-        cfg.run.threads = threads
-    ctx = tune.get_context()
-    trial_dir = Path(ctx.get_trial_dir()) / "run"
-    if storage and not cfg.storage.path:
-        cfg.storage = StorageConfig.model_validate(
-            {**storage, "path": f"{storage['path'].rstrip('/')}/{trial_dir.parent.name}/train"})
-    result = run_experiment(cfg, trial_dir, on_epoch=lambda s: tune.report(epoch_metrics(s)),
+    trial_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    cfg = trial_config(base, params, trial_dir, threads, storage)
+    result = run_experiment(cfg, trial_dir, on_epoch=lambda m: tune.report(epoch_metrics(m)),
                             train_callbacks=[TuneReportCallback()] if cfg.train.workers else ())
     final = metrics_from_result(result, trial_dir)
     hist = (result.get("histories") or {}).get(final["method"]) or []

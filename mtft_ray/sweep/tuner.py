@@ -11,7 +11,7 @@ Rerunning the same command on the same folder resumes the sweep with
 refused unless ``resume=True`` (then the stored sweep goes on, unchanged).
 
 Example:
-    >>> from mtft_ray.sweep import load_sweep
+    >>> from mtft_ray.sweep.load import load_sweep
     >>> sweep, base = load_sweep("sweeps/quickstart.yaml")           # doctest: +SKIP
     >>> rows = run_sweep(sweep, base, "runs/sweeps/quickstart")       # doctest: +SKIP
 """
@@ -31,14 +31,14 @@ from typing import Any
 
 from mtft_ray.config.schema import ExperimentConfig
 from mtft_ray.errors import MtftError
+from mtft_ray.ray_cluster import DRIVER_RESOURCE, cluster_capacity, ensure_ray
 from mtft_ray.storage import Storage, open_storage, probe_storage
 from mtft_ray.sweep.driver import trial_driver
 from mtft_ray.sweep.schema import SweepConfig, sweep_hash
 from mtft_ray.sweep.space import check_data, suggest, tune_space
+from mtft_ray.train.plan import worker_resources
 
 log = logging.getLogger("mtft_ray")
-
-DRIVER_RESOURCE = "TRAIN_DRIVER"  # held by a trial driver whose trainer uses Ray Train workers
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class TrialPlan:
     threads: int | None
 
 
-def trial_plan(sweep: SweepConfig, base: dict, cluster: dict[str, float]) -> TrialPlan:
+def trial_plan(sweep: SweepConfig, cfg: ExperimentConfig, cluster: dict[str, float]) -> TrialPlan:
     """Per-trial resources and concurrency from the cluster's resources (``ray.cluster_resources()``).
 
     In-process trials (``train.workers: 0``) reserve 2 CPUs (or ``run.threads``); trials with
@@ -66,12 +66,9 @@ def trial_plan(sweep: SweepConfig, base: dict, cluster: dict[str, float]) -> Tri
     a driver never takes the CPU its workers need (the Tune-over-Train deadlock).
 
     >>> trial_plan(SweepConfig.model_validate({"search": {"space": {"seed": {"choice": [0]}}}}),
-    ...            {}, {"CPU": 2.0}).concurrency
+    ...            ExperimentConfig(), {"CPU": 2.0}).concurrency
     1
     """
-    from mtft_ray.train.plan import worker_resources
-
-    cfg = ExperimentConfig.model_validate(base)
     train = cfg.train
     threads = None
     if sweep.resources is not None:
@@ -93,31 +90,13 @@ def trial_plan(sweep: SweepConfig, base: dict, cluster: dict[str, float]) -> Tri
     return TrialPlan(driver, per_trial, max(1, min(fits) if fits else 1), threads)
 
 
-def local_resources(sweep: SweepConfig, base: dict) -> dict[str, float]:
+def local_resources(cfg: ExperimentConfig) -> dict[str, float]:
     """Custom resources to declare when this process starts a local Ray: one TRAIN_DRIVER per trial slot."""
-    cfg = ExperimentConfig.model_validate(base)
     if not (cfg.train.workers and "multitask" in cfg.methods):
         return {}
     cpus = os.cpu_count() or 1
     per = cfg.train.workers * cfg.train.cpus_per_worker
     return {DRIVER_RESOURCE: float(max(1, math.floor(cpus / per)) if per else 1)}
-
-
-def cluster_capacity() -> dict[str, float]:
-    """What the connected cluster can run: its live resources, or on a head that ``ray up``
-    launched, what its autoscaler can grow it to (right after launch only the head is up)."""
-    import ray
-
-    from mtft_ray.cluster.check import autoscaling_capacity
-
-    live, grown = ray.cluster_resources(), autoscaling_capacity() or {}
-    return {k: max(live.get(k, 0.0), grown.get(k, 0.0)) for k in {*live, *grown}}
-
-
-def _ensure_ray(sweep: SweepConfig, base: dict) -> str | None:
-    from mtft_ray.train.distributed import ensure_ray
-
-    return ensure_ray(resources=local_resources(sweep, base))
 
 
 def _search_alg(sweep: SweepConfig, concurrency: int, study: str | None):
@@ -127,7 +106,7 @@ def _search_alg(sweep: SweepConfig, concurrency: int, study: str | None):
     if s.algorithm == "optuna":
         import optuna
 
-        from mtft_ray.sweep.hooks import FinalMetricOptuna
+        from mtft_ray.sweep.hooks import FinalMetricOptuna  # it imports Ray Tune
 
         storage = optuna.storages.RDBStorage(study) if study else None  # optuna-dashboard reads it
         space = functools.partial(suggest, space={k: d.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -185,7 +164,7 @@ def _check_folder(storage: Storage, digest: str, resume: bool) -> bool:
     return True
 
 
-def run_sweep(sweep: SweepConfig, base: dict, out: str | Path | None = None, *, resume: bool = False,
+def run_sweep(sweep: SweepConfig, base: ExperimentConfig, out: str | Path | None = None, *, resume: bool = False,
               progress: bool = True) -> list[dict]:
     """Run (or resume) the sweep; write ``trials.csv`` into its folder and return its rows.
 
@@ -197,8 +176,7 @@ def run_sweep(sweep: SweepConfig, base: dict, out: str | Path | None = None, *, 
         resume: continue the sweep stored there even if its config hash differs.
         progress: print where the sweep runs and one line per finished trial (stdout).
     """
-    import ray
-    from ray import tune
+    from ray import tune  # heavy: only a running sweep needs Tune
 
     storage = sweep_storage(sweep, out)
     if storage.scheme == "local":
@@ -210,19 +188,19 @@ def run_sweep(sweep: SweepConfig, base: dict, out: str | Path | None = None, *, 
     study = study_url(sweep, storage)
     if not existing:
         check_data(sweep, base, f"sweep {sweep.name}")  # more ways than classes and the like, before Ray starts
-    dashboard = _ensure_ray(sweep, base)
+    dashboard = ensure_ray(resources=local_resources(base))
     plan = trial_plan(sweep, base, cluster_capacity())
     if progress:
         print(f"sweep {sweep.name}: {storage.where()}; {plan.concurrency} trial(s) at a time; Ray "
              + (f"dashboard {dashboard}" if dashboard else "local (no dashboard)"), flush=True)
-    trial_storage = {**sweep.storage.model_dump(mode="json"), "path": storage.uri()} if storage.scheme == "s3" else None
+    trial_storage = sweep.storage.model_copy(update={"path": storage.uri()}) if storage.scheme == "s3" else None
     trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base, threads=plan.threads,
                                                          storage=trial_storage),
                                     tune.PlacementGroupFactory([plan.driver]))
     # per-epoch reports carry val_acc (what ASHA watches) but not the final metric
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     fs = storage.filesystem if storage.scheme == "s3" else None
-    from mtft_ray.sweep.hooks import TrialLines
+    from mtft_ray.sweep.hooks import TrialLines  # it imports Ray Tune
 
     callbacks = [TrialLines(sweep.search.metric, list(sweep.search.space))] if progress else []
     if existing and tune.Tuner.can_restore(storage.root, storage_filesystem=fs):
@@ -230,7 +208,7 @@ def run_sweep(sweep: SweepConfig, base: dict, out: str | Path | None = None, *, 
         tuner = tune.Tuner.restore(storage.root, trainable, resume_errored=True, storage_filesystem=fs)
     else:
         storage.write_bytes(json.dumps({"hash": digest, "sweep": sweep.model_dump(mode="json", by_alias=True),
-                                        "base": base}, indent=1).encode(), "sweep.json")
+                                        "base": base.model_dump(mode="json")}, indent=1).encode(), "sweep.json")
         tuner = tune.Tuner(
             trainable,
             param_space={} if sweep.search.algorithm == "optuna" else tune_space(sweep),

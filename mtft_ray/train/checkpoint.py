@@ -31,6 +31,17 @@ from mtft_ray.train.collective import barrier
 from mtft_ray.train.strategies import Strategy
 
 
+def epoch_score(epoch: int, val_acc: float | None) -> float:
+    """How good an epoch is (higher is better): its validation accuracy, ties going to the earlier
+    epoch; without validation, the latest epoch is best."""
+    return val_acc - 1e-9 * epoch if val_acc is not None else float(epoch)
+
+
+def improves(score: float, best: float | None) -> bool:
+    """Whether ``score`` beats the best so far (None: nothing yet)."""
+    return best is None or score > best
+
+
 @dataclass
 class TrainState:
     """The loop's own state, saved in ``state.json`` beside the strategy's state.
@@ -51,6 +62,13 @@ class TrainState:
     resumes: int = 0
     world_size: int = 1
     strategy: str = "ddp"
+
+    def offer(self, epoch: int, val_acc: float | None) -> float:
+        """Score ``epoch`` (:func:`epoch_score`); it becomes the best epoch if it improves. Returns its score."""
+        score = epoch_score(epoch, val_acc)
+        if improves(score, self.best_score):
+            self.best_epoch, self.best_score = epoch, score
+        return score
 
     def to_json(self) -> dict:
         return asdict(self)

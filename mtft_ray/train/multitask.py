@@ -1,22 +1,22 @@
-"""Multitask finetuning (the paper's Algorithm 2): the epoch loop shared by one process and Ray workers.
+"""Multitask finetuning (the paper's Algorithm 2): one epoch of steps on one rank.
 
 A fixed task set is revisited every epoch in a seeded order; each step encodes the support
 and query samples of ``tasks_per_step`` tasks in one forward pass and minimises the prototype
-loss. After each epoch the backbone is scored on validation episodes and the best epoch's
-weights are kept.
+loss. After each epoch the backbone is scored on validation episodes;
+:mod:`mtft_ray.train.worker` runs the epochs, in this process or on Ray Train workers, and keeps
+the best one.
 
 With several workers every step takes ``tasks_per_step`` distinct tasks on each of them
 (:func:`epoch_steps`), and :func:`run_epoch` scales the loss so the averaged gradient is the
-single-process mean over the step's tasks; :mod:`mtft_ray.train.worker` runs it under Ray Train.
+single-process mean over the step's tasks.
 
 Example:
-    >>> best_state, history = finetune_multitask(model, tasks, images, cfg.finetune,
-    ...                                          validate=lambda m: val.evaluate(m)[0]["acc"])  # doctest: +SKIP
+    >>> strategy = TorchStrategy(net, make_optimizer(param_groups(net, cfg), "adamw", 1e-4, 0.9, 0.0))  # doctest: +SKIP
+    >>> run_epoch(strategy, net, tasks, images, cfg, epoch=1, device=torch.device("cpu")).stats        # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -28,12 +28,13 @@ from torch import nn
 
 from mtft_ray.config.schema import FinetuneConfig
 from mtft_ray.evaluation.features import autocast
-from mtft_ray.models.backbones import freeze_batchnorm_stats, normalization, to_input
+from mtft_ray.models.inputs import normalization, to_input
+from mtft_ray.models.state import freeze_batchnorm_stats
 from mtft_ray.progress import progress as progress_bar
 from mtft_ray.tasks.pool import TaskSet
 from mtft_ray.train.collective import all_reduce_sum
 from mtft_ray.train.loss import PrototypeHead
-from mtft_ray.train.strategies import Strategy, TorchStrategy
+from mtft_ray.train.strategies import Strategy
 
 Validate = Callable[[nn.Module], float]
 
@@ -188,45 +189,6 @@ def train_epoch(strategy: Strategy, net: EpisodicModel, tasks: TaskSet, images: 
     step_losses = (totals[: len(steps)] / world_size).tolist()
     acc, images_total = totals[-4] / max(totals[-3], 1), int(totals[-2])
     return step_losses, float(acc), images_total, float(totals[-1] / world_size)
-
-
-def finetune_multitask(model: nn.Module, tasks: TaskSet, images: torch.Tensor, cfg: FinetuneConfig, *,
-                       validate: Validate | None = None, device: torch.device | str = "cpu",
-                       progress: bool = False, on_epoch: Callable[[EpochStats], None] | None = None,
-                       ) -> tuple[dict[str, torch.Tensor], list[EpochStats]]:
-    """Finetune ``model`` in place on ``tasks``; return the best epoch's state dict and the history.
-
-    This is the one-process path; Ray Train workers run the same epoch function
-    (:func:`run_epoch`) through :mod:`mtft_ray.train.worker`.
-
-    Args:
-        model: a timm feature extractor (``num_classes=0``).
-        tasks: the fixed finetuning tasks (sample ids into ``images``).
-        images: the store's uint8 images as a CPU tensor.
-        validate: scores the model on validation episodes (higher is better); without it the
-            last epoch is kept.
-        on_epoch: called after every epoch with its stats (progress reporting, Ray reports).
-    """
-    device = torch.device(device)
-    torch.manual_seed(cfg.seed)
-    model.to(device)
-    net = EpisodicModel(model, PrototypeHead(cfg.init_temperature)).to(device)
-    opt = make_optimizer(param_groups(net, cfg), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-    strategy = TorchStrategy(net, opt)
-
-    history: list[EpochStats] = []
-    best_acc, best_state = -math.inf, None
-    for epoch in range(1, cfg.epochs + 1):
-        result = run_epoch(strategy, net, tasks, images, cfg, epoch, device=device,
-                           validate=(lambda: validate(model)) if validate else None, progress=progress)
-        history.append(result.stats)
-        if on_epoch:
-            on_epoch(result.stats)
-        val = result.stats.val_acc
-        score = val if val is not None else epoch
-        if score > best_acc:
-            best_acc, best_state = score, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    return best_state, history
 
 
 def run_epoch(strategy: Strategy, net: EpisodicModel, tasks: TaskSet, images: torch.Tensor, cfg: FinetuneConfig,

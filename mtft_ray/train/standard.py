@@ -22,9 +22,11 @@ from torch import nn
 
 from mtft_ray.config.schema import FinetuneConfig, StandardConfig
 from mtft_ray.evaluation.features import autocast
-from mtft_ray.models.backbones import freeze_batchnorm_stats, normalization, to_input
+from mtft_ray.models.inputs import normalization, to_input
+from mtft_ray.models.state import freeze_batchnorm_stats
 from mtft_ray.progress import progress as progress_bar
 from mtft_ray.tasks.pool import TaskSet
+from mtft_ray.train.checkpoint import epoch_score, improves
 from mtft_ray.train.multitask import EpochStats, Validate, make_optimizer
 
 
@@ -59,7 +61,7 @@ def finetune_standard(model: nn.Module, tasks: TaskSet, labels: np.ndarray, imag
     rng = np.random.default_rng([ft.seed, 11])
     order = np.empty(0, np.int64)
     history: list[EpochStats] = []
-    best_score, best_state = -math.inf, None
+    best_score, best_state = None, None
     step = 0
     for epoch in range(1, ft.epochs + 1):
         model.train()
@@ -92,7 +94,7 @@ def finetune_standard(model: nn.Module, tasks: TaskSet, labels: np.ndarray, imag
         stats = EpochStats(epoch, float(np.mean(losses)), float(np.mean(accs)), val, None, n, n_images,
                            time.perf_counter() - t0)
         history.append(stats)
-        score = val if val is not None else epoch
-        if score > best_score:
+        score = epoch_score(epoch, val)
+        if improves(score, best_score):
             best_score, best_state = score, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
     return best_state, history

@@ -1,14 +1,22 @@
-"""The Ray Train worker function: one rank's whole multitask finetune, checkpointed every epoch.
+"""The one multitask-finetuning path: a rank's whole finetune, checkpointed and reported every epoch.
 
-Each worker loads the data store from the driver's cache, builds the backbone and its strategy
-(DDP or DeepSpeed), resumes from ``ray.train.get_checkpoint()`` when there is one, takes its own
-share of the tasks of every step, validates with the embedding split over ranks, and reports
-metrics and a checkpoint (every rank's part, merged by Ray in storage) after every epoch.
+:func:`run_worker` builds the backbone and its strategy (plain torch, DDP or DeepSpeed), resumes
+from a checkpoint when given one, takes its own share of every step's tasks, validates with the
+embedding split over ranks, and hands a checkpoint directory and the epoch's metrics to
+``report`` after every epoch. It is the same function wherever it runs:
+
+* on Ray Train workers: :func:`train_fn_per_worker` (``TorchTrainer``), whose report is
+  ``ray.train.report`` (checkpoints kept in storage, resumable, forwarded to Tune);
+* in the calling process (``train.workers: 0``): :func:`finetune_local`, whose report keeps the
+  best epoch's weights in memory and calls ``on_epoch`` (a sweep's per-epoch Tune report).
+  Ray Train's own local mode (``ScalingConfig(num_workers=0)``, Ray 2.60) was tried for this and
+  does not fit: its ``report`` only remembers the last checkpoint object (whose directory is gone
+  once the call returns), persists nothing to storage, keeps no best checkpoint and runs no
+  callbacks, so a trial could neither pick its best epoch nor report epochs to Tune through it.
 
 Example:
-    >>> from ray.train.torch import TorchTrainer                                          # doctest: +SKIP
-    >>> TorchTrainer(train_fn_per_worker, train_loop_config={"cfg": cfg.model_dump(mode="json"),
-    ...              "tasks": tasks, "run_uri": "s3://bucket/runs/tiny"}, ...).fit()      # doctest: +SKIP
+    >>> run = finetune_local(cfg, tasks, WorkerData(store, images, val), torch.device("cpu"))  # doctest: +SKIP
+    >>> run.best_epoch, [h.val_acc for h in run.history]                                      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,8 +24,10 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +46,64 @@ from mtft_ray.tasks.pool import TaskSet, write_manifest
 from mtft_ray.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from mtft_ray.train.collective import all_gather_rows
 from mtft_ray.train.loss import PrototypeHead
-from mtft_ray.train.multitask import EpisodicModel, make_optimizer, param_groups, run_epoch
+from mtft_ray.train.multitask import EpisodicModel, EpochStats, make_optimizer, param_groups, run_epoch
 from mtft_ray.train.strategies import build_strategy
 
 Report = Callable[[dict, Path, int], None]
 
+
+@dataclass
+class WorkerData:
+    """What a rank trains and validates on.
+
+    Attributes:
+        store: the sample store (labels, names for the manifest).
+        images: the store's uint8 images as a CPU tensor.
+        val: validation episodes, or None without validation classes (then the last epoch is kept).
+    """
+
+    store: SampleStore
+    images: torch.Tensor
+    val: EpisodeEvaluator | None
+
+    @classmethod
+    def load(cls, cfg: ExperimentConfig, device: torch.device) -> WorkerData:
+        """From the store cache (a Ray worker, wherever it starts)."""
+        store = load_store(cfg.data, seed=cfg.seed)
+        val = validation_evaluator(cfg, store, split_classes(store, cfg.data.split).val, device=device)
+        return cls(store, torch.from_numpy(store.images), val)
+
+
+@dataclass
+class TrainRun:
+    """What a finished finetune gives back, in-process or from Ray Train workers.
+
+    Attributes:
+        best_state: the best epoch's backbone weights (fp32, CPU).
+        history: per-epoch stats (reduced over workers).
+        state: the loop state after the last epoch (global step, resumes, every step's loss).
+        seconds: wall time, worker start-up included.
+        best_checkpoint, latest_checkpoint, run_uri: addresses in storage (Ray Train runs only).
+    """
+
+    best_state: dict[str, torch.Tensor]
+    history: list[EpochStats]
+    state: TrainState
+    seconds: float
+    best_checkpoint: str | None = None
+    latest_checkpoint: str | None = None
+    run_uri: str | None = None
+
+    def summary(self) -> dict:
+        return {"run": self.run_uri, "best_checkpoint": self.best_checkpoint,
+                "latest_checkpoint": self.latest_checkpoint, "seconds": round(self.seconds, 2),
+                **self.state.to_json()}
+
+
+def epoch_history(state: TrainState) -> list[EpochStats]:
+    """The per-epoch stats recorded in a loop state."""
+    fields = set(EpochStats.__dataclass_fields__)
+    return [EpochStats(**{k: v for k, v in h.items() if k in fields}) for h in state.history]
 
 
 def sharded_validate(val: EpisodeEvaluator, backbone: nn.Module, images: torch.Tensor, *, device: torch.device,
@@ -71,28 +134,26 @@ def _fail_hook(cfg: ExperimentConfig, run_uri: str, rank: int) -> Callable[[int]
     return hook
 
 
-def run_worker(cfg: ExperimentConfig, tasks: TaskSet, *, rank: int, world_size: int, device: torch.device,
-               resume: Callable[[], AbstractContextManager[str]] | None, report: Report, run_uri: str | None = None
-               ) -> TrainState:
-    """One worker's whole training: build, resume, train every remaining epoch, checkpoint each.
+def run_worker(cfg: ExperimentConfig, tasks: TaskSet, data: WorkerData, *, rank: int, world_size: int,
+               device: torch.device, resume: Callable[[], AbstractContextManager[str]] | None, report: Report,
+               run_uri: str | None = None, progress: bool = False) -> TrainState:
+    """One rank's whole training: build, resume, train every remaining epoch, checkpoint and report each.
 
-    Independent of Ray: :func:`train_fn_per_worker` supplies Ray's checkpoint and report; tests
-    may drive it from ``torch.multiprocessing``.
+    Independent of Ray: :func:`train_fn_per_worker` supplies Ray's checkpoint and report,
+    :func:`finetune_local` an in-memory one; tests may drive it from ``torch.multiprocessing``.
 
     Args:
         resume: opens a local copy of the checkpoint to resume from (``checkpoint.as_directory``),
             or None to start afresh.
-        report: ``report(metrics, checkpoint_dir, epoch)``, called by every rank after every epoch.
+        report: ``report(metrics, checkpoint_dir, epoch)``, called by every rank after every epoch;
+            the directory is gone once it returns.
         run_uri: the run's storage folder (for the failure test hook).
+        progress: progress bars for the epochs' steps.
     """
     t, ft = cfg.train, cfg.finetune
-    torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
-    store = load_store(cfg.data, seed=cfg.seed)
-    images = torch.from_numpy(store.images)
-    val = validation_evaluator(cfg, store, split_classes(store, cfg.data.split).val, device=device)
-    torch.manual_seed(ft.seed)
     b = cfg.backbone
     backbone = create_backbone(b.name, b.weights, b.weights_path)
+    torch.manual_seed(ft.seed)  # after the backbone: the head, dropout and the loop see the same RNG on any path
     net = EpisodicModel(backbone, PrototypeHead(ft.init_temperature)).to(device)
     opt = make_optimizer(param_groups(net, ft), ft.optimizer, ft.lr, ft.momentum, ft.weight_decay)
     strategy = build_strategy(t.strategy, net, opt, world_size=world_size, device=device, ds=t.deepspeed,
@@ -106,23 +167,21 @@ def run_worker(cfg: ExperimentConfig, tasks: TaskSet, *, rank: int, world_size: 
     manifest = None
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
-            write_manifest(Path(d) / "manifest.json", tasks, store)
+            write_manifest(Path(d) / "manifest.json", tasks, data.store)
             manifest = (Path(d) / "manifest.json").read_text()
 
     def validate() -> float:
-        return sharded_validate(val, backbone, images, device=device, batch_size=cfg.run.batch_size, rank=rank,
-                                world_size=world_size)
+        return sharded_validate(data.val, backbone, data.images, device=device, batch_size=cfg.run.batch_size,
+                                rank=rank, world_size=world_size)
 
     hook = _fail_hook(cfg, run_uri, rank) if run_uri else None
     for epoch in range(state.epoch + 1, ft.epochs + 1):
-        res = run_epoch(strategy, net, tasks, images, ft, epoch, device=device, world_size=world_size, rank=rank,
-                        validate=validate if val is not None else None, before_step=hook,
-                        first_step=state.global_step)
+        res = run_epoch(strategy, net, tasks, data.images, ft, epoch, device=device, world_size=world_size, rank=rank,
+                        validate=validate if data.val is not None else None, before_step=hook,
+                        first_step=state.global_step, progress=progress)
         s = res.stats
         state.epoch, state.global_step = epoch, state.global_step + s.steps
-        score = s.val_acc - 1e-9 * epoch if s.val_acc is not None else float(epoch)  # ties: the earlier epoch
-        if state.best_score is None or score > state.best_score:
-            state.best_epoch, state.best_score = epoch, score
+        score = state.offer(epoch, s.val_acc)
         state.history.append({**s.to_json(), "global_step": state.global_step, "step_losses": res.step_losses})
         metrics = {**s.to_json(), "global_step": state.global_step, "score": score, "best_epoch": state.best_epoch,
                    "resumes": state.resumes, "world_size": world_size}
@@ -132,8 +191,28 @@ def run_worker(cfg: ExperimentConfig, tasks: TaskSet, *, rank: int, world_size: 
     return state
 
 
+def finetune_local(cfg: ExperimentConfig, tasks: TaskSet, data: WorkerData, device: torch.device, *,
+                   on_epoch: Callable[[dict], None] | None = None, progress: bool = False) -> TrainRun:
+    """:func:`run_worker` in this process (``train.workers: 0``): one rank, the best epoch kept in memory.
+
+    Args:
+        on_epoch: called with each epoch's metrics, the same dict Ray Train workers report.
+    """
+    t0, best = time.perf_counter(), {}
+
+    def report(metrics: dict, directory: Path, epoch: int) -> None:
+        if metrics["best_epoch"] == epoch:
+            best["state"] = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+        if on_epoch:
+            on_epoch(metrics)
+
+    state = run_worker(cfg, tasks, data, rank=0, world_size=1, device=device, resume=None, report=report,
+                       progress=progress)
+    return TrainRun(best["state"], epoch_history(state), state, time.perf_counter() - t0)
+
+
 def _ray_report(metrics: dict, directory: Path, epoch: int) -> None:
-    import ray.train
+    import ray.train  # only inside a Ray Train worker
 
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
                      checkpoint_dir_name=f"epoch_{epoch:04d}")
@@ -143,24 +222,26 @@ def train_fn_per_worker(config: dict) -> dict:
     """The Ray Train worker function (``TorchTrainer(train_fn_per_worker, train_loop_config=...)``).
 
     Args:
-        config: ``{"cfg": ExperimentConfig as JSON, "tasks": TaskSet, "run_uri": storage folder}``.
+        config: ``{"cfg": ExperimentConfig, "tasks": TaskSet, "run_uri": storage folder}``.
 
     Returns:
         The final loop state as JSON (Ray keeps rank 0's as ``result.return_value``).
     """
-    import ray.train
+    import ray.train  # only inside a Ray Train worker
     import ray.train.torch
 
-    cfg = ExperimentConfig.model_validate(config["cfg"])
+    cfg: ExperimentConfig = config["cfg"]
+    t = cfg.train
+    torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    device = ray.train.torch.get_device() if t.use_gpu else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     ckpt = ray.train.get_checkpoint()
-    state = run_worker(cfg, config["tasks"], rank=rank, world_size=world_size, device=device,
-                       resume=ckpt.as_directory if ckpt is not None else None, report=_ray_report,
+    state = run_worker(cfg, config["tasks"], WorkerData.load(cfg, device), rank=rank, world_size=world_size,
+                       device=device, resume=ckpt.as_directory if ckpt is not None else None, report=_ray_report,
                        run_uri=config["run_uri"])
     return state.to_json()

@@ -27,7 +27,7 @@ from mtft_ray.errors import MtftError
 from mtft_ray.experiment import run_experiment
 from mtft_ray.models.backbones import create_backbone
 from mtft_ray.train.plan import batch_plan
-from moto_s3 import closed_port, list_keys, moto_s3
+from moto_s3 import closed_port, list_keys, moto_s3, recording
 
 pytestmark = pytest.mark.slow
 
@@ -160,19 +160,38 @@ def test_ddp_two_workers_complete_report_per_epoch_and_the_checkpoint_reloads(cl
     assert {int(s["step"]) for s in opt["state"].values()} == {8}  # AdamW took exactly 8 steps
 
 
+def test_in_process_finetuning_is_the_same_worker_function_on_the_same_curve(cluster, ddp_run):
+    """train.workers=0 runs the Ray worker's function in this process: with the same global batch
+    (2 tasks per step) it follows the 2-worker run's loss curve and picks the same best epoch."""
+    from mtft_ray.experiment import Experiment
+
+    cfg = cluster.config("train.workers=0", "finetune.tasks_per_step=2")
+    exp = Experiment(cfg)
+    tasks, _ = exp.finetune_tasks(exp.backbone())
+    epochs = []
+    run = exp.finetune_multitask(tasks, on_epoch=epochs.append)
+    doc = _run_doc(ddp_run[0])
+    assert np.allclose([x for h in run.state.history for x in h["step_losses"]], _curve(doc), atol=CURVE_TOL, rtol=0)
+    assert [m["epoch"] for m in epochs] == [1, 2] and [m["global_step"] for m in epochs] == [4, 8]
+    assert run.state.best_epoch == doc["best_epoch"] and set(run.best_state) == set(torch.load(
+        ddp_run[0] / "multitask.pt", weights_only=True))
+
+
 @pytest.fixture(scope="module")
 def s3_run(cluster, ddp_run):
     """The same run as ``ddp_run``, with S3 storage and a worker failing once in epoch 2."""
     out = cluster.root / "s3out"
     cfg = cluster.config_file()
-    r = cluster.cli("run", str(cfg), f"storage.path=s3://{BUCKET}/runs", f"storage.endpoint_url={cluster.endpoint}",
-                    "train.fail_at_step=6", "train.max_failures=1", "--out", str(out), "--no-progress")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, r, _run_doc(out), list_keys(cluster.endpoint, BUCKET, "runs/s3out/")
+    with recording(cluster.endpoint) as requests_so_far:
+        r = cluster.cli("run", str(cfg), f"storage.path=s3://{BUCKET}/runs", f"storage.endpoint_url={cluster.endpoint}",
+                        "train.fail_at_step=6", "train.max_failures=1", "--out", str(out), "--no-progress")
+        assert r.returncode == 0, r.stderr[-3000:]
+        requests = requests_so_far()
+    return out, r, _run_doc(out), list_keys(cluster.endpoint, BUCKET, "runs/s3out/"), requests
 
 
 def test_failure_in_epoch_2_resumes_from_the_s3_checkpoint_without_losing_or_repeating_steps(cluster, ddp_run, s3_run):
-    out, r, doc, keys = s3_run
+    out, r, doc, keys, _ = s3_run
     assert "runs/s3out/fail_hook/step6.done" in keys  # the hook fired (once: the run then completed)
     assert (doc["resumes"], doc["epoch"], doc["global_step"]) == (1, 2, 2 * STEPS_PER_EPOCH)
     assert [h["epoch"] for h in doc["history"]] == [1, 2]
@@ -193,8 +212,17 @@ def test_failure_in_epoch_2_resumes_from_the_s3_checkpoint_without_losing_or_rep
     assert {int(s["step"]) for s in opt["state"].values()} == {8}
 
 
+def test_the_run_probes_its_storage_once(s3_run):
+    """One write+delete probe for the whole `run --workers 2` (CLI, preflight and trainer share it)."""
+    requests = s3_run[-1]
+    probes = [(q["method"], q["url"].split("?")[0].split("/")[-1]) for q in requests if ".mtft-probe-" in q["url"]]
+    assert [m for m, _ in probes].count("PUT") == 1, probes
+    assert len({name for _, name in probes}) == 1
+    assert any("/runs/s3out/train/epoch_0002/" in q["url"] for q in requests)  # the recording saw the run
+
+
 def test_checkpoints_and_results_land_in_s3(cluster, s3_run):
-    out, r, doc, keys = s3_run
+    out, r, doc, keys, _ = s3_run
     for key in ("result.json", "config.yaml", "manifest.json", "multitask.pt", "multitask_run.json",
                 "train_spec.json", "train/checkpoint_manager_snapshot.json", "train/epoch_0001/model.pt",
                 "train/epoch_0002/torch_state.pt", "train/epoch_0002/rng/rank1.pt"):

@@ -162,3 +162,32 @@ def test_a_workers_mtft_error_is_found_through_rays_wrappers():
     err = WorkerGroupError("training failed", {1: Wrapped(MtftError("bad data on rank 1"))})
     assert str(_mtft_error_in(err)) == "bad data on rank 1"
     assert _mtft_error_in(WorkerGroupError("training failed", {0: RuntimeError("a bug")})) is None
+
+
+def test_resume_spec_ignores_exactly_the_fields_the_schema_marks_resume_safe():
+    from mtft_ray.config.schema import ExperimentConfig, resume_safe_fields
+    from mtft_ray.train.distributed import training_spec
+
+    base = ExperimentConfig()
+    safe = resume_safe_fields(ExperimentConfig)
+    assert {"finetune.epochs", "train.max_failures", "train.fail_at_step", "data.cache_dir"} <= set(safe)
+    h = training_spec(base)["hash"]
+    for key, value in (("finetune.epochs", 9), ("train.max_failures", 3), ("train.checkpoints_to_keep", 5),
+                       ("train.torch_threads", 4), ("data.cache_dir", "/elsewhere")):
+        section, field = key.split(".")
+        changed = base.model_copy(update={section: getattr(base, section).model_copy(update={field: value})})
+        assert training_spec(changed)["hash"] == h, key
+    for key, value in (("finetune.lr", 3e-4), ("tasks.M", 7), ("train.strategy", "deepspeed")):
+        section, field = key.split(".")
+        changed = base.model_copy(update={section: getattr(base, section).model_copy(update={field: value})})
+        assert training_spec(changed)["hash"] != h, key
+
+
+def test_best_epoch_rule_shared_by_both_trainers():
+    from mtft_ray.train.checkpoint import TrainState, epoch_score, improves
+
+    state = TrainState()
+    for epoch, val in ((1, 0.5), (2, 0.7), (3, 0.7), (4, 0.6)):
+        state.offer(epoch, val)
+    assert state.best_epoch == 2  # a tie goes to the earlier epoch
+    assert epoch_score(3, None) > epoch_score(2, None) and improves(0.1, None) and not improves(0.1, 0.1)
