@@ -9,6 +9,9 @@ Examples:
     mtft-ray cluster check cluster/aws.yaml --sweep sweeps/paper-mxm.yaml
     mtft-ray submit --follow -- sweep sweeps/paper-mxm.yaml --out s3://bucket/sweeps/paper-mxm
     mtft-ray bench episodes
+
+Each subcommand imports its layer when it runs (the only function-level imports of the package's
+own modules): ``mtft-ray --help`` and ``analyze`` then start without loading torch or Ray.
 """
 
 from __future__ import annotations
@@ -41,10 +44,8 @@ def _load(ns: argparse.Namespace, extra_overrides: list[str] = ()):
     from mtft_ray.config import load_config
 
     path, overrides = _split_args(ns.args)
-    cfg = load_config(path, overrides + list(extra_overrides))
-    if getattr(ns, "no_progress", False):
-        cfg.run.progress = False
-    return cfg
+    no_progress = ["run.progress=false"] if getattr(ns, "no_progress", False) else []
+    return load_config(path, overrides + list(extra_overrides) + no_progress)
 
 
 def format_table(results: list[dict]) -> str:
@@ -63,22 +64,19 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     out = Path(ns.out or f"runs/{cfg.name}")
     if ns.dry_run:
         return _dry_run(cfg, out)
-    storage = None
-    if cfg.storage.path:
-        from mtft_ray.storage import probe_storage
-        from mtft_ray.train.distributed import run_storage
-
-        storage = run_storage(cfg, out)
-        probe_storage(storage, cfg.storage)  # fail before anything trains
-
     from mtft_ray.experiment import run_experiment
+    from mtft_ray.train.distributed import open_run_storage
 
-    result = run_experiment(cfg, out)
+    storage = None
+    if cfg.storage.path or cfg.train.workers:
+        storage = open_run_storage(cfg, out)  # probed once, here, before anything trains
+
+    result = run_experiment(cfg, out, storage=storage)
     print(f"\n{cfg.name}: M={result['M']} tasks x m={result['m']} samples "
           f"(M*m={result['M'] * result['m']}), config {result['config_hash']}")
     print(format_table(result["results"]))
     print(f"\nwrote {out / 'result.json'} in {result['seconds']['total']:.0f}s")
-    if storage is not None:
+    if cfg.storage.path:
         written = storage.upload_dir(out, exclude=("train",))
         print(f"copied {len(written)} result files to {storage.uri()}")
     return 0
@@ -152,19 +150,23 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
         from mtft_ray.evaluation.bench import bench_episodes
 
         result = bench_episodes()
-    else:
+    elif ns.what == "selection":
         from mtft_ray.selection.bench import bench_selection
 
         result = bench_selection()
+    else:
+        from mtft_ray.train.bench import bench_train
+
+        result = bench_train(_load(ns), ns.steps, ns.warmup, save=ns.save)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def _cmd_sweep(ns: argparse.Namespace) -> int:
     """Ray Tune + Optuna over an experiment's keys; ``--dry-run`` prints the space and cost only."""
-    from mtft_ray.sweep import load_sweep
-    from mtft_ray.sweep.space import (TRAIN_RATE_IMG_S, TRIAL_OVERHEAD_S, check_data, estimate_images,
-                                      estimate_minutes, trial_count)
+    from mtft_ray.sweep.load import load_sweep
+    from mtft_ray.sweep.space import check_data, estimate_images, estimate_minutes, trial_count
+    from mtft_ray.train.calibration import machine_kind, train_rate, trial_overhead
     from mtft_ray.sweep.tuner import format_trials, local_resources, run_sweep, sweep_storage
     from mtft_ray.sweep.tuner import trial_plan as plan_trials
 
@@ -175,7 +177,7 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
     where = sweep_storage(sweep, ns.out)
     keys = list(sweep.search.space)
     if ns.dry_run:
-        cluster = {"CPU": float(os.cpu_count() or 1), **local_resources(sweep, base)}
+        cluster = {"CPU": float(os.cpu_count() or 1), **local_resources(base)}
         plan = plan_trials(sweep, base, cluster)
         n = trial_count(sweep)
         images = estimate_images(sweep, base)
@@ -183,10 +185,16 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
         for k, d in sweep.search.space.items():
             print(f"  {k}: {d.describe()}")
         print(f"trials:      {n}, {plan.concurrency} at a time on {cluster} (each holds {plan.per_trial})")
-        print(f"cost:        ~{images:.0f} finetuning images per trial (M*m*epochs) at ~{TRAIN_RATE_IMG_S:.0f} img/s "
-              f"+ ~{TRIAL_OVERHEAD_S:.0f} s per trial beside training -> ~"
-              f"{estimate_minutes(sweep, base, plan.concurrency):.1f} min on a 2-core CPU machine with the data "
-              f"cached (the first run also renders and embeds it); GPUs are much faster")
+        kind = machine_kind()
+        rate, rate_from = train_rate(kind, base.backbone.name, base.data.image_size, strategy=base.train.strategy,
+                                     workers=base.train.workers)
+        overhead, overhead_from = trial_overhead(kind)
+        minutes = estimate_minutes(sweep, base, plan.concurrency, rate, overhead)
+        print(f"cost:        ~{images:.0f} finetuning images per trial (M*m*epochs) at ~{rate:.0f} img/s + "
+              f"~{overhead:.0f} s per trial beside training -> ~{minutes:.1f} min on this machine ({kind}) with "
+              f"the data cached (the first run also renders and embeds it)")
+        print(f"             rate: {rate_from}")
+        print(f"             overhead: {overhead_from}")
         check_data(sweep, base, path)
         print("data:        every episode shape of the space fits the data")
         print(f"output:      {where.uri('trials.csv')} (dry run: nothing trained)")
@@ -253,8 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue the sweep stored in --out even if its config differs from CONFIG")
     sw.set_defaults(fn=_cmd_sweep)
 
-    bench = sub.add_parser("bench", help="benchmarks that print JSON")
-    bench.add_argument("what", choices=["episodes", "selection"])
+    bench = sub.add_parser("bench", help="benchmarks that print JSON",
+                           description="Benchmarks that print JSON, each against a baseline measured in the same "
+                                       "run. 'train' measures multitask finetuning images/s of an experiment's "
+                                       "backbone and image size on this machine; --save stores it as this machine "
+                                       "kind's calibration, which 'sweep --dry-run' prices sweeps with.")
+    bench.add_argument("what", choices=["episodes", "selection", "train"])
+    bench.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]", help="train: the experiment measured")
+    bench.add_argument("--steps", type=int, default=20, help="train: timed optimizer steps")
+    bench.add_argument("--warmup", type=int, default=3, help="train: untimed steps first")
+    bench.add_argument("--save", action="store_true", help="train: store the result as this machine kind's calibration")
     bench.set_defaults(fn=_cmd_bench)
 
     from mtft_ray.analysis.cli import register as register_analysis

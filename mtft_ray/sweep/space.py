@@ -1,14 +1,12 @@
 """The search space: checked against the experiment schema, turned into Ray Tune domains, applied.
 
 Example:
-    >>> from mtft_ray.sweep.schema import Distribution
-    >>> apply_params({"tasks": {"M": 10}}, {"tasks.M": 25})
-    {'tasks': {'M': 25}}
+    >>> with_params(ExperimentConfig(), {"tasks.M": 25}).tasks.M
+    25
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from typing import Any
@@ -16,44 +14,22 @@ from typing import Any
 from mtft_ray.config.load import validate
 from mtft_ray.config.schema import ExperimentConfig
 from mtft_ray.errors import MtftError
-from mtft_ray.sweep.schema import Distribution, SweepConfig
-
-TRAIN_RATE_IMG_S = 120.0  # measured multitask finetuning rate on this 2-core machine (EfficientNet-Lite0, 64 px)
-# measured per-trial time beside training on the same machine, cache warm: Tune starting the
-# trial, loading the cached store and features, validation and target evaluation
-# (sweeps/subsets-glyphs.yaml: 24 s of wall time per trial, 8 s of it training)
-TRIAL_OVERHEAD_S = 16.0
-
+from mtft_ray.experiment import Experiment
+from mtft_ray.models.backbones import check_backbone
+from mtft_ray.sweep.schema import Distribution, SweepConfig, apply_params, flag_name
+from mtft_ray.tasks.pool import make_tasks
 
 MAX_SUBSETS = 4096  # grid / random enumerate a subset's non-empty subsets: at most 12 items
 
 
-def flag_name(key: str, item: str) -> str:
-    """The Optuna parameter that includes ``item`` in the subset searched at ``key``."""
-    return f"{key}[{item}]"
+def with_params(base: ExperimentConfig, params: dict[str, Any], where: str = "") -> ExperimentConfig:
+    """The experiment ``base`` with the sampled ``params`` set: a new config, validated once."""
+    if not params:
+        return base
+    return validate(ExperimentConfig, apply_params(base.model_dump(mode="json"), params), where)
 
 
-def apply_params(base: dict, params: dict[str, Any]) -> dict:
-    """A copy of ``base`` with each dotted key of ``params`` set (sections created as needed).
-
-    A subset's include flags (``tasks.domains[lao]``: Optuna's own parameters, recorded with the
-    trial) are skipped: the subset's list itself is in ``params``.
-    """
-    raw = copy.deepcopy(base)
-    for key, value in params.items():
-        if key.endswith("]"):
-            continue
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[leaf] = value
-    return raw
-
-
-def check_space(sweep: SweepConfig, base: dict, where: str) -> None:
+def check_space(sweep: SweepConfig, base: ExperimentConfig, where: str) -> None:
     """Fail before any trial if a key is unknown or a value the space can produce is invalid.
 
     Every choice and both ends of every range are set, one at a time, on the base experiment and
@@ -64,7 +40,7 @@ def check_space(sweep: SweepConfig, base: dict, where: str) -> None:
     for key, dist in space.items():
         for value in dist.probe_values():
             try:
-                validate(ExperimentConfig, apply_params(base, {key: value}), "")
+                with_params(base, {key: value})
             except MtftError as e:
                 raise MtftError(f"{where}: search.space.{key}={value!r}: {str(e).removeprefix(': ')}") from None
     if sweep.search.algorithm == "grid":
@@ -78,7 +54,7 @@ def check_space(sweep: SweepConfig, base: dict, where: str) -> None:
                             f"{MAX_SUBSETS:,}); use algorithm 'optuna', which samples one include flag per item")
     metric = sweep.search.metric
     if metric.startswith("acc_") and metric.endswith("shot"):
-        shots = {int(s) for s in ExperimentConfig.model_validate(base).eval.shots}
+        shots = {int(s) for s in base.eval.shots}
         for s in space.get("eval.shots", Distribution(choice=[None])).choice or []:
             shots &= set(s or shots)
         shot = metric.removeprefix("acc_").removesuffix("shot")
@@ -107,7 +83,7 @@ def data_probes(sweep: SweepConfig) -> list[dict[str, Any]]:
     return list(unique.values())
 
 
-def check_data(sweep: SweepConfig, base: dict, where: str = "sweep") -> None:
+def check_data(sweep: SweepConfig, base: ExperimentConfig, where: str = "sweep") -> None:
     """Fail before any trial if the data cannot serve the space: more ways than classes in the
     finetuning, validation or target classes, an unknown target domain, missing data, or no
     validation classes for an ASHA scheduler that watches ``val_acc``, an unknown timm model or
@@ -116,14 +92,9 @@ def check_data(sweep: SweepConfig, base: dict, where: str = "sweep") -> None:
     Builds each of :func:`data_probes`' experiments' data side (store, split, episodes): about a
     second each once the store is cached. Finetuning tasks are checked with one draw.
     """
-    from mtft_ray.experiment import Experiment
-    from mtft_ray.models.backbones import check_backbone
-    from mtft_ray.tasks.pool import make_tasks
-
     asha = sweep.scheduler.asha
     for params in data_probes(sweep):
-        cfg = validate(ExperimentConfig, apply_params(base, params), "")
-        cfg.run.progress = False
+        cfg = with_params(base, {**params, "run.progress": False})
         label = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "the base experiment"
         try:
             check_backbone(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.weights_path)
@@ -209,22 +180,23 @@ def _mean(d: Distribution) -> float | None:
     return math.sqrt(lo * hi) if d.log else (lo + hi) / 2
 
 
-def estimate_minutes(sweep: SweepConfig, base: dict, concurrency: int) -> float:
-    """Wall minutes of the whole sweep on the reference 2-core machine (cache warm): each trial's
-    expected finetuning images at :data:`TRAIN_RATE_IMG_S` plus :data:`TRIAL_OVERHEAD_S`, trials
-    ``concurrency`` at a time.
+def estimate_minutes(sweep: SweepConfig, base: ExperimentConfig, concurrency: int, rate_img_s: float,
+                     overhead_s: float) -> float:
+    """Wall minutes of the whole sweep (cache warm): each trial's expected finetuning images at
+    ``rate_img_s`` (a calibration: :func:`mtft_ray.train.calibration.train_rate`) plus
+    ``overhead_s`` per trial, trials ``concurrency`` at a time.
 
     >>> s = SweepConfig.model_validate({"search": {"space": {"tasks.M": {"choice": [24, 96]}}, "num_samples": 4}})
-    >>> round(estimate_minutes(s, {"methods": ["multitask"], "finetune": {"epochs": 1}}, 2), 2)
+    >>> base = ExperimentConfig.model_validate({"methods": ["multitask"], "finetune": {"epochs": 1}})
+    >>> round(estimate_minutes(s, base, 2, rate_img_s=120.0, overhead_s=16.0), 2)
     0.95
     """
-    per_trial = estimate_images(sweep, base) / TRAIN_RATE_IMG_S + TRIAL_OVERHEAD_S
+    per_trial = estimate_images(sweep, base) / rate_img_s + overhead_s
     return math.ceil(trial_count(sweep) / concurrency) * per_trial / 60
 
 
-def estimate_images(sweep: SweepConfig, base: dict) -> float:
+def estimate_images(sweep: SweepConfig, cfg: ExperimentConfig) -> float:
     """Expected finetuning images of one trial: mean M × m × epochs over the space."""
-    cfg = ExperimentConfig.model_validate(base)
     t, space = cfg.tasks, sweep.search.space
     get = lambda key, default: (_mean(space[key]) if key in space else None) or default
     m = get("tasks.n_way", t.n_way) * (get("tasks.n_shot", t.n_shot) + get("tasks.n_query", t.n_query))

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from mtft_ray.errors import MtftError
-from mtft_ray.sweep import load_sweep
+from mtft_ray.config.schema import ExperimentConfig
+from mtft_ray.sweep.load import load_sweep
 from mtft_ray.sweep.schema import SweepConfig, sweep_hash
-from mtft_ray.sweep.space import (TRAIN_RATE_IMG_S, TRIAL_OVERHEAD_S, apply_params, estimate_images,
-                                  estimate_minutes, trial_count, tune_space)
+from mtft_ray.sweep.space import apply_params, estimate_images, estimate_minutes, trial_count, tune_space
 from mtft_ray.sweep.tuner import trial_plan
 
 BASE = {"methods": ["multitask"], "eval": {"shots": [1]}, "tasks": {"M": 20}, "finetune": {"epochs": 1}}
@@ -65,7 +65,7 @@ def test_base_from_file_with_overrides_and_cli_overrides(tmp_path):
     path.write_text(yaml.safe_dump({"base": "exp.yaml", "overrides": ["tasks.M=30"],
                                     "search": {"space": {"finetune.lr": {"float": [1e-5, 1e-3], "log": True}}}}))
     sweep, base = load_sweep(path, ["search.num_samples=3", "finetune.epochs=2"])
-    assert base["tasks"]["M"] == 30 and base["finetune"]["epochs"] == 2 and sweep.search.num_samples == 3
+    assert base.tasks.M == 30 and base.finetune.epochs == 2 and sweep.search.num_samples == 3
     assert trial_count(sweep) == 3
     # expected images per trial: M * m * epochs, with the defaults' m = 5 * (1 + 4)
     assert estimate_images(sweep, base) == 30 * 25 * 2
@@ -87,9 +87,9 @@ def test_grid_space_trial_count_and_apply():
 
 def test_trial_plan_concurrency_from_cluster():
     s = SweepConfig.model_validate({"search": {"space": {"seed": {"choice": [0]}}}})
-    assert trial_plan(s, {}, {"CPU": 2.0}).concurrency == 1
-    assert trial_plan(s, {}, {"CPU": 16.0}).concurrency == 8
-    ray_train = {"methods": ["multitask"], "train": {"workers": 2}}
+    assert trial_plan(s, ExperimentConfig(), {"CPU": 2.0}).concurrency == 1
+    assert trial_plan(s, ExperimentConfig(), {"CPU": 16.0}).concurrency == 8
+    ray_train = ExperimentConfig.model_validate({"methods": ["multitask"], "train": {"workers": 2}})
     p = trial_plan(s, ray_train, {"CPU": 2.0, "TRAIN_DRIVER": 1.0})
     assert p.driver == {"TRAIN_DRIVER": 1.0} and p.per_trial == {"TRAIN_DRIVER": 1.0, "CPU": 2.0}
     assert p.concurrency == 1
@@ -160,8 +160,9 @@ def test_cost_estimate_counts_training_and_per_trial_overhead_in_waves():
     """7 trials, 3 at a time: 3 waves, each as long as one trial (its images at the measured rate
     plus the measured overhead)."""
     s = SweepConfig.model_validate({"search": {"space": {"tasks.M": {"choice": [40, 80]}}, "num_samples": 7}})
-    base = {"methods": ["multitask"], "finetune": {"epochs": 2}}
+    base = ExperimentConfig.model_validate({"methods": ["multitask"], "finetune": {"epochs": 2}})
     images = estimate_images(s, base)
     assert images == 60 * 25 * 2
-    assert estimate_minutes(s, base, 3) == pytest.approx(3 * (images / TRAIN_RATE_IMG_S + TRIAL_OVERHEAD_S) / 60)
-    assert estimate_minutes(s, base, 7) == pytest.approx(estimate_minutes(s, base, 3) / 3)
+    rate, overhead = 150.0, 20.0  # a calibration's figures
+    assert estimate_minutes(s, base, 3, rate, overhead) == pytest.approx(3 * (images / rate + overhead) / 60)
+    assert estimate_minutes(s, base, 7, rate, overhead) == pytest.approx(estimate_minutes(s, base, 3, rate, overhead) / 3)

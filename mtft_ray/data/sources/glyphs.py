@@ -58,7 +58,7 @@ import numpy as np
 import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
 
-from mtft_ray.config.sources import DEFAULT_FONT_DIRS, GlyphOptions
+from mtft_ray.config.sources import DEFAULT_FONT_DIRS, GlyphOptions  # noqa: F401 (DEFAULT_FONT_DIRS: part of this source's API)
 from mtft_ray.data.sources.registry import register
 from mtft_ray.data.store import SampleStore, build_store
 from mtft_ray.errors import MtftError
