@@ -35,7 +35,7 @@ from mtft_ray.storage import Storage
 from mtft_ray.tasks.pool import TaskSet, domain_classes, make_tasks, write_manifest
 from mtft_ray.train.distributed import finetune_distributed, open_run_storage, preflight
 from mtft_ray.train.standard import finetune_standard
-from mtft_ray.train.worker import TrainRun, WorkerData, finetune_local
+from mtft_ray.train.worker import TrainRun, WorkerData, finetune_local, kept_pretrained_warning
 
 log = logging.getLogger("mtft_ray")
 
@@ -144,7 +144,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
         atomic_write_json(out / "selection.json", {**chosen.result.to_json(), "selected_names": chosen.names})
     log.info("data: %s", exp.describe())
 
-    results, histories, timings = [], {}, {}
+    results, histories, timings, warnings = [], {}, {}, []
     for method in cfg.methods:
         t0 = time.perf_counter()
         model = pretrained if method == "direct" else exp.backbone()
@@ -164,6 +164,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
                                                 device=exp.device, progress=cfg.run.progress)
             model.load_state_dict(state)
             histories[method] = [h.to_json() for h in hist]
+            warning = kept_pretrained_warning(method, hist)
+            if warning:
+                warnings.append(warning)
+                log.warning(warning)
             rows = exp.target.evaluate(model)
             torch.save(state, out / f"{method}.pt")
         timings[method] = round(time.perf_counter() - t0, 2)
@@ -172,7 +176,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
 
     result = {
         "config_hash": digest, "M": len(tasks), "m": tasks.m, "selection": selection, "manifest": str((out / "manifest.json").resolve()),
-        "results": results, "histories": histories, "seconds": {**timings, "total": round(time.perf_counter() - t_start, 2)},
+        "results": results, "warnings": warnings, "histories": histories, "seconds": {**timings, "total": round(time.perf_counter() - t_start, 2)},
         **exp.describe(),
     }
     atomic_write_json(out / "result.json", result)

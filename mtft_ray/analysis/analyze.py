@@ -110,6 +110,9 @@ def summary(a: Analysis) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in status_counts(d).items()) or "none"
     lines = [(f"{d.name}: {len(d.trials)} trials ({counts}); sweep {'ended' if d.ended else 'running'}; "
               f"metric {d.metric} ({d.mode})")]
+    if "warnings" in d.trials:
+        for t in d.trials[d.trials["warnings"].notna()].itertuples():
+            lines.append(f"WARNING:     trial {t.trial_id}: {t.warnings}")
     f = d.finished()
     if not f.empty:
         best = f.loc[f[d.metric].idxmax() if d.mode == "max" else f[d.metric].idxmin()]

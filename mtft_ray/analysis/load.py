@@ -288,7 +288,8 @@ def _trial_row(loc: Location, rel: str, data: SweepData, tune: dict, csv_row: di
     row.update({k: v for k, v in final.items() if _ACC.match(k)})
     vals = [r["val_acc"] for r in reports if isinstance(r.get("val_acc"), (int, float))]
     row.update(val_acc=max(vals) if vals else final.get("val_acc"), reports=len(reports), epoch=last.get("epoch"))
-    row.update({k: final.get(k) for k in ("seconds", "train_seconds", "images_per_s", "method", "config_hash")})
+    row.update({k: final.get(k) for k in ("seconds", "train_seconds", "images_per_s", "method", "config_hash",
+                                          "warnings")})
     row["started_at"], row["ended_at"] = _times(reports, folder if folder.is_dir() else None, tune.get("start"))
     ckpt = Path(str(final.get("checkpoint") or "")).name
     row["checkpoint"] = loc.address(f"{rel}/run/{ckpt}") if ckpt and loc.has_file(f"{rel}/run/{ckpt}") else None
@@ -333,7 +334,7 @@ def load_sweep_dir(loc: Location) -> SweepData:
     domains), ``diversity``, ``coverage``, ``consistency``, ``[<method>_]acc_<s>shot`` and
     ``[<method>_]ci95_<s>shot`` per shot, ``val_acc`` (best validation-episode accuracy),
     ``reports``, ``epoch``, ``seconds``, ``train_seconds``, ``images_per_s``, ``method``,
-    ``config_hash``, ``started_at`` / ``ended_at`` (epoch seconds), ``checkpoint`` (its address in
+    ``config_hash``, ``warnings`` (e.g. the pretrained weights were kept), ``started_at`` / ``ended_at`` (epoch seconds), ``checkpoint`` (its address in
     the sweep folder), ``note`` (error message, or why a trial has no result), ``trial_dir``.
 
     Raises:

@@ -231,6 +231,10 @@ def build_report(data: SweepData, corr: list[Correlation], fit: Fit, importance:
     ]
     if data.problems:
         blocks += [("p", "Could not read everything:"), ("list", data.problems)]
+    warned = data.trials[data.trials["warnings"].notna()] if "warnings" in data.trials else data.trials.iloc[:0]
+    if len(warned):
+        blocks += [("p", f"**Warnings** ({len(warned)} of {len(data.trials)} trials):"),
+                   ("list", [f"trial {t.trial_id}: {t.warnings}" for t in warned.itertuples()])]
     blocks += [("h2", "Best configuration"), *_best(data),
                ("h2", "Recommendation for the next run"), *_recommendation(rec),
                ("h2", "Correlations"), *_correlations(data, corr), *_inclusions(data),

@@ -75,6 +75,8 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     print(f"\n{cfg.name}: M={result['M']} tasks x m={result['m']} samples "
           f"(M*m={result['M'] * result['m']}), config {result['config_hash']}")
     print(format_table(result["results"]))
+    for warning in result["warnings"]:
+        print(f"WARNING: {warning}")
     print(f"\nwrote {out / 'result.json'} in {result['seconds']['total']:.0f}s")
     if cfg.storage.path:
         written = storage.upload_dir(out, exclude=("train",))

@@ -151,6 +151,9 @@ class FinetuneConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     init_temperature: float = Field(10.0, gt=0)
     freeze_bn: bool = True
+    # validate the pretrained weights first (epoch 0) and keep them when no finetuned epoch beats
+    # them on validation (a warning then says so): finetuning that hurts never passes unnoticed
+    keep_pretrained: bool = True
     val_episodes: int = Field(300, ge=1)
     val_queries: int = Field(9, ge=1)  # queries per class of validation episodes
     seed: int = 0

@@ -54,6 +54,8 @@ def metrics_from_result(result: dict, trial_dir: str | Path) -> dict[str, Any]:
         val = [h["val_acc"] for h in hist if h.get("val_acc") is not None]
         if val:
             out["val_acc"] = max(val)
+    if result.get("warnings"):
+        out["warnings"] = "; ".join(result["warnings"])
     ckpt = Path(trial_dir) / f"{primary}.pt"
     if ckpt.is_file():
         out["checkpoint"] = str(ckpt.resolve())

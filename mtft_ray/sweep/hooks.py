@@ -57,7 +57,8 @@ class TrialLines(Callback):
         sel = [f"{name} {r[key]:.3f}" for name, key in (("diversity", "selection_diversity"),
                                                         ("consistency", "selection_mean_consistency"))
                if isinstance(r.get(key), float)]
-        return "  ".join(x for x in (f"[{self.ended}] trial {trial.trial_id} {what}:", params, score, *sel) if x)
+        warn = f"WARNING: {r['warnings']}" if r.get("warnings") else ""
+        return "  ".join(x for x in (f"[{self.ended}] trial {trial.trial_id} {what}:", params, score, *sel, warn) if x)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.ended += 1

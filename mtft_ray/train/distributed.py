@@ -44,7 +44,7 @@ from mtft_ray.storage import Storage, open_storage, probe_storage
 from mtft_ray.tasks.pool import TaskSet
 from mtft_ray.train.checkpoint import TrainState
 from mtft_ray.train.plan import batch_plan, worker_resources
-from mtft_ray.train.worker import TrainRun, epoch_history, train_fn_per_worker
+from mtft_ray.train.worker import TrainRun, epoch_history, pretrained_state, train_fn_per_worker
 
 log = logging.getLogger("mtft_ray")
 
@@ -189,8 +189,11 @@ def finetune_distributed(cfg: ExperimentConfig, tasks: TaskSet, storage: Storage
     if result.checkpoint is None:
         raise MtftError(f"the distributed run in {storage.uri()} reported no checkpoint")
     state = TrainState.from_json(json.loads(_read(result.checkpoint, "state.json")))
-    best = result.get_best_checkpoint(metric="score", mode="max") or result.checkpoint
-    weights = torch.load(io.BytesIO(_read(best, "model.pt")), map_location="cpu", weights_only=True)
+    if state.best_epoch == 0:  # no finetuned epoch beat the pretrained weights (epoch 0, never checkpointed)
+        best, weights = None, pretrained_state(cfg)
+    else:
+        best = result.get_best_checkpoint(metric="score", mode="max") or result.checkpoint
+        weights = torch.load(io.BytesIO(_read(best, "model.pt")), map_location="cpu", weights_only=True)
     return TrainRun(weights, epoch_history(state), state, time.perf_counter() - t0,
-                    best_checkpoint=_checkpoint_uri(best, storage),
+                    best_checkpoint=_checkpoint_uri(best, storage) if best else "pretrained",
                     latest_checkpoint=_checkpoint_uri(result.checkpoint, storage), run_uri=storage.uri())

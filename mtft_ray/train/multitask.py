@@ -41,9 +41,11 @@ Validate = Callable[[nn.Module], float]
 
 @dataclass
 class EpochStats:
+    """One epoch's summary; epoch 0 is the pretrained model's validation (no training, no loss)."""
+
     epoch: int
-    train_loss: float
-    train_acc: float
+    train_loss: float | None
+    train_acc: float | None
     val_acc: float | None
     temperature: float | None
     steps: int

@@ -62,6 +62,11 @@ def finetune_standard(model: nn.Module, tasks: TaskSet, labels: np.ndarray, imag
     order = np.empty(0, np.int64)
     history: list[EpochStats] = []
     best_score, best_state = None, None
+    if validate and ft.keep_pretrained:  # epoch 0: the pretrained weights are the first candidate
+        t0 = time.perf_counter()
+        val0 = validate(model)
+        history.append(EpochStats(0, None, None, val0, None, 0, 0, time.perf_counter() - t0))
+        best_score, best_state = epoch_score(0, val0), _cpu_copy(model)
     step = 0
     for epoch in range(1, ft.epochs + 1):
         model.train()
@@ -96,5 +101,9 @@ def finetune_standard(model: nn.Module, tasks: TaskSet, labels: np.ndarray, imag
         history.append(stats)
         score = epoch_score(epoch, val)
         if improves(score, best_score):
-            best_score, best_state = score, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_score, best_state = score, _cpu_copy(model)
     return best_state, history
+
+
+def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})

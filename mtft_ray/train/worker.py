@@ -175,6 +175,12 @@ def run_worker(cfg: ExperimentConfig, tasks: TaskSet, data: WorkerData, *, rank:
                                 rank=rank, world_size=world_size)
 
     hook = _fail_hook(cfg, run_uri, rank) if run_uri else None
+    if state.epoch == 0 and not state.history and data.val is not None and ft.keep_pretrained:
+        t0 = time.perf_counter()  # epoch 0: the pretrained weights are the first candidate (not reported)
+        val0 = validate()
+        state.offer(0, val0)
+        state.history.append({**EpochStats(0, None, None, val0, ft.init_temperature, 0, 0,
+                                           time.perf_counter() - t0).to_json(), "global_step": 0, "step_losses": []})
     for epoch in range(state.epoch + 1, ft.epochs + 1):
         res = run_epoch(strategy, net, tasks, data.images, ft, epoch, device=device, world_size=world_size, rank=rank,
                         validate=validate if data.val is not None else None, before_step=hook,
@@ -208,7 +214,30 @@ def finetune_local(cfg: ExperimentConfig, tasks: TaskSet, data: WorkerData, devi
 
     state = run_worker(cfg, tasks, data, rank=0, world_size=1, device=device, resume=None, report=report,
                        progress=progress)
-    return TrainRun(best["state"], epoch_history(state), state, time.perf_counter() - t0)
+    best_state = pretrained_state(cfg) if state.best_epoch == 0 else best["state"]
+    return TrainRun(best_state, epoch_history(state), state, time.perf_counter() - t0)
+
+
+def pretrained_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """The backbone's pretrained weights as fp32 CPU tensors: what a run keeps when epoch 0 is best."""
+    b = cfg.backbone
+    return {k: (v.float() if v.is_floating_point() else v).clone()
+            for k, v in create_backbone(b.name, b.weights, b.weights_path).state_dict().items()}
+
+
+def kept_pretrained_warning(method: str, history: list[EpochStats]) -> str | None:
+    """The warning a run carries when no finetuned epoch beat the pretrained weights (epoch 0) on
+    validation, with the numbers; None when one did (or epoch 0 was not validated)."""
+    pre = next((h for h in history if h.epoch == 0), None)
+    tuned = [h for h in history if h.epoch > 0 and h.val_acc is not None]
+    if pre is None or pre.val_acc is None or not tuned:
+        return None
+    top = max(tuned, key=lambda h: (h.val_acc, -h.epoch))
+    if top.val_acc > pre.val_acc:
+        return None
+    return (f"{method}: no finetuned epoch beat the pretrained weights on validation (pretrained "
+            f"{100 * pre.val_acc:.2f}%, best finetuned {100 * top.val_acc:.2f}% at epoch {top.epoch}): kept the "
+            f"pretrained weights")
 
 
 def _ray_report(metrics: dict, directory: Path, epoch: int) -> None:

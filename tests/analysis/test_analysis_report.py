@@ -173,3 +173,15 @@ def test_searched_domain_subsets_get_include_columns_effects_and_importance(tmp_
     # the recommendation names a subset as an override takes it: with a, without c
     rec = a.recommendation.params["tasks.domains"]
     assert rec.startswith("[") and "a" in rec and "c" not in rec
+
+
+def test_a_trial_warning_reaches_the_table_the_report_and_the_summary(tmp_path):
+    warning = ("multitask: no finetuned epoch beat the pretrained weights on validation (pretrained 41.00%, "
+               "best finetuned 37.50% at epoch 2): kept the pretrained weights")
+    trials = trend_trials(6) + [Trial({"selection.strategy": "random", "tasks.M": 30}, extra={"warnings": warning})]
+    a = analyze(str(make_sweep(tmp_path / "sw", trials, space=TREND_SPACE)))
+    table = pd.read_csv(a.out / "trials.csv")
+    assert table["warnings"].notna().sum() == 1 and table["warnings"].dropna().iloc[0] == warning
+    report = (a.out / "report.md").read_text()
+    assert "**Warnings** (1 of 7 trials):" in report and warning in report
+    assert any(line.startswith("WARNING:") and warning in line for line in summary(a).splitlines())
