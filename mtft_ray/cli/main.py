@@ -23,7 +23,9 @@ import os
 import sys
 from pathlib import Path
 
+from mtft_ray.config import load_config
 from mtft_ray.errors import MtftError
+from mtft_ray.io import atomic_write_json
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -41,8 +43,6 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 def _load(ns: argparse.Namespace, extra_overrides: list[str] = ()):
     """The experiment config named by ``[CONFIG] [key=value ...]``, plus flag-derived overrides."""
-    from mtft_ray.config import load_config
-
     path, overrides = _split_args(ns.args)
     no_progress = ["run.progress=false"] if getattr(ns, "no_progress", False) else []
     return load_config(path, overrides + list(extra_overrides) + no_progress)
@@ -105,7 +105,6 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
     import torch
 
     from mtft_ray.experiment import Experiment
-    from mtft_ray.io import atomic_write_json
 
     cfg = _load(ns)
     exp = Experiment(cfg)
