@@ -63,7 +63,8 @@ class Cluster:
                 "data": {"source": "folder", "options": {"root": str(self.root / "data")}, "image_size": 32,
                          "split": {"target_domains": 1, "val_domains": 1}},
                 "tasks": {"n_way": 3, "n_shot": 1, "n_query": 2, "M": 8},
-                "finetune": {"epochs": 2, "tasks_per_step": 1, "val_episodes": 10},
+                # the training mechanics under test; the pretrained candidate (epoch 0) has its own tests
+                "finetune": {"epochs": 2, "tasks_per_step": 1, "val_episodes": 10, "keep_pretrained": False},
                 "eval": {"n_way": 3, "shots": [1], "n_query": 3, "episodes": 20},
                 "run": {"threads": 1, "progress": False},
                 "train": {"workers": 2, "torch_threads": 1, "cpus_per_worker": 1},
