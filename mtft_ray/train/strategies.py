@@ -61,7 +61,8 @@ class Strategy(Protocol):
         """Full fp32 CPU weights of a submodule (a collective under ZeRO-3: every rank calls it)."""
 
 
-def _cpu_float(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def cpu_float(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached fp32 CPU copies of a state dict's tensors (integer buffers keep their dtype)."""
     return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().clone() for k, v in state.items()}
 
 
@@ -103,7 +104,7 @@ class TorchStrategy:
         self.optimizer.load_state_dict(state["optimizer"])
 
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        return _cpu_float(module.state_dict())
+        return cpu_float(module.state_dict())
 
 
 def deepspeed_config(ds: DeepSpeedConfig, *, tasks_per_step: int, world_size: int, use_gpu: bool) -> dict:
@@ -189,8 +190,8 @@ class DeepSpeedStrategy:
             import deepspeed
 
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                return _cpu_float(module.state_dict())
-        return _cpu_float(module.state_dict())
+                return cpu_float(module.state_dict())
+        return cpu_float(module.state_dict())
 
 
 def build_strategy(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, *, world_size: int,

@@ -47,7 +47,7 @@ from mtft_ray.train.checkpoint import TrainState, load_checkpoint, save_checkpoi
 from mtft_ray.train.collective import all_gather_rows
 from mtft_ray.train.loss import PrototypeHead
 from mtft_ray.train.multitask import EpisodicModel, EpochStats, make_optimizer, param_groups, run_epoch
-from mtft_ray.train.strategies import build_strategy
+from mtft_ray.train.strategies import build_strategy, cpu_float
 
 Report = Callable[[dict, Path, int], None]
 
@@ -221,8 +221,7 @@ def finetune_local(cfg: ExperimentConfig, tasks: TaskSet, data: WorkerData, devi
 def pretrained_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
     """The backbone's pretrained weights as fp32 CPU tensors: what a run keeps when epoch 0 is best."""
     b = cfg.backbone
-    return {k: (v.float() if v.is_floating_point() else v).clone()
-            for k, v in create_backbone(b.name, b.weights, b.weights_path).state_dict().items()}
+    return cpu_float(create_backbone(b.name, b.weights, b.weights_path).state_dict())
 
 
 def kept_pretrained_warning(method: str, history: list[EpochStats]) -> str | None:
