@@ -26,16 +26,18 @@ from mtft_ray.data.load import cache_root, load_store
 from mtft_ray.data.splits import ClassSplit, split_classes
 from mtft_ray.data.store import SampleStore
 from mtft_ray.errors import MtftError
-from mtft_ray.evaluation.evaluate import EpisodeEvaluator, validation_evaluator
-from mtft_ray.evaluation.features import FeatureCache
+from mtft_ray.evaluation.evaluate import EpisodeEvaluator, validation_evaluator, validation_warnings
+from mtft_ray.evaluation.features import FeatureCache, embed
 from mtft_ray.io import atomic_write_json
 from mtft_ray.models.backbones import create_backbone
 from mtft_ray.selection.apply import Chosen, SelectionData, choose_tasks, target_domain_classes
+from mtft_ray.selection.metrics import consistency, task_means
 from mtft_ray.storage import Storage
 from mtft_ray.tasks.pool import TaskSet, domain_classes, make_tasks, write_manifest
 from mtft_ray.train.distributed import finetune_distributed, open_run_storage, preflight
 from mtft_ray.train.standard import finetune_standard
-from mtft_ray.train.worker import TrainRun, WorkerData, finetune_local, kept_pretrained_warning
+from mtft_ray.train.multitask import EpochStats
+from mtft_ray.train.worker import TrainRun, WorkerData, check_validation_plan, finetune_local, kept_pretrained_warning
 
 log = logging.getLogger("mtft_ray")
 
@@ -74,6 +76,7 @@ class Experiment:
             domain_classes(self.store, self.split.source, cfg.tasks.domains)  # names of source domains only
         self.val = validation_evaluator(cfg, self.store, self.split.val, device=self.device, cache=self.cache,
                                         progress=cfg.run.progress)
+        self.warnings = validation_warnings(cfg, self.store, self.split.val)
 
     def target_evaluator(self, domain: str | None) -> EpisodeEvaluator:
         """Episodes on the whole target split, or on one held-out target domain."""
@@ -139,25 +142,31 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
     pretrained = exp.backbone()
     tasks, chosen = exp.finetune_tasks(pretrained)
     selection = chosen.summary() if chosen else None
+    if "multitask" in cfg.methods:
+        check_validation_plan(cfg, len(tasks), max(1, cfg.train.workers))
     write_manifest(out / "manifest.json", tasks, exp.store, extra={**exp.describe(), "selection": selection})
     if chosen:
         atomic_write_json(out / "selection.json", {**chosen.result.to_json(), "selected_names": chosen.names})
     log.info("data: %s", exp.describe())
 
-    results, histories, timings, warnings = [], {}, {}, []
+    results, histories, timings, warnings, training = [], {}, {}, list(exp.warnings), {}
+    for w in warnings:
+        log.warning(w)
     for method in cfg.methods:
         t0 = time.perf_counter()
         model = pretrained if method == "direct" else exp.backbone()
         if method == "direct":
             rows = exp.target.evaluate(model, use_cache=True)
         else:
-            if method == "multitask" and distributed:
-                run = finetune_distributed(cfg, tasks, storage, callbacks=train_callbacks)  # best checkpoint from storage
-                atomic_write_json(out / "multitask_run.json", run.summary())
-                state, hist = run.best_state, run.history
-            elif method == "multitask":  # the same worker function, in this process
-                run = exp.finetune_multitask(tasks, on_epoch=on_epoch)
-                state, hist = run.best_state, run.history
+            if method == "multitask":
+                if distributed:  # best checkpoint from storage
+                    run = finetune_distributed(cfg, tasks, storage, callbacks=train_callbacks)
+                    atomic_write_json(out / "multitask_run.json", run.summary())
+                else:  # the same worker function, in this process
+                    run = exp.finetune_multitask(tasks, on_epoch=on_epoch)
+                state, hist, st = run.best_state, run.history, run.state
+                training[method] = {"best_epoch": st.best_epoch, "best_step": st.best_step,
+                                    "global_step": st.global_step, "stopped_early": st.stopped_early}
             else:
                 state, hist = finetune_standard(model, tasks, exp.store.labels, exp.images, cfg.standard,
                                                 cfg.finetune, validate=exp.validate if exp.val is not None else None,
@@ -174,10 +183,69 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
         results += [{"method": method, **r} for r in rows]
         log.info("%s done in %.1fs: %s", method, timings[method], rows)
 
+    diagnosis = finetuning_hurt(results, histories.get("multitask"), tasks, exp, pretrained)
+    if diagnosis:
+        warnings.append(diagnosis["warning"])
+        log.warning(diagnosis["warning"])
     result = {
         "config_hash": digest, "M": len(tasks), "m": tasks.m, "selection": selection, "manifest": str((out / "manifest.json").resolve()),
-        "results": results, "warnings": warnings, "histories": histories, "seconds": {**timings, "total": round(time.perf_counter() - t_start, 2)},
-        **exp.describe(),
+        "protocol": protocol(cfg), "results": results, "warnings": warnings, "diagnosis": diagnosis,
+        "training": training, "histories": histories,
+        "seconds": {**timings, "total": round(time.perf_counter() - t_start, 2)}, **exp.describe(),
     }
     atomic_write_json(out / "result.json", result)
     return result
+
+
+def protocol(cfg: ExperimentConfig) -> dict:
+    """The choices that make numbers comparable with the paper's (or not), named in ``result.json``."""
+    ft = cfg.finetune
+    return {"eval_prototype": cfg.eval.prototype, "temperature_group": ft.temperature_group,
+            "task_order": ft.task_order, "keep_pretrained": ft.keep_pretrained}
+
+
+def finetuning_hurt(results: list[dict], history: list[dict] | None, tasks: TaskSet, exp: Experiment,
+                    pretrained: torch.nn.Module) -> dict | None:
+    """Where multitask finetuning scored below direct adaptation beyond both CIs, what the tool
+    knows about why; None otherwise.
+
+    Gives, for the shots where it lost: the gap; the consistency of the finetuning tasks with the
+    target (Algorithm 1's measure: cosine of each task's mean pretrained feature with the target's,
+    averaged over tasks); train vs validation accuracy of the kept epoch (overfitting); and how
+    often the M x m budget revisits each distinct source image per epoch.
+    """
+    by = {(r["method"], r["n_shot"]): r for r in results}
+    lost = []
+    for (method, shot), mt in by.items():
+        d = by.get(("direct", shot))
+        if method == "multitask" and d and mt["acc"] + mt["ci95"] < d["acc"] - d["ci95"]:
+            lost.append((shot, mt, d))
+    if not lost:
+        return None
+    cfg = exp.cfg
+    target = exp.target.features(pretrained, use_cache=True)
+    source_ids = tasks.all_samples()
+    source = embed(pretrained, exp.images, source_ids, cfg.run.batch_size, exp.device)
+    rows = np.searchsorted(source_ids, np.concatenate([tasks.support.reshape(len(tasks), -1),
+                                                       tasks.query.reshape(len(tasks), -1)], axis=1))
+    cons = float(consistency(task_means(source.numpy(), rows), target.mean(0).numpy()).mean())
+    seen = len(tasks) * tasks.m / len(source_ids)
+    stats = [EpochStats(**{k: v for k, v in h.items() if k in EpochStats.__dataclass_fields__}) for h in history or []]
+    tuned = [h for h in stats if h.epoch > 0 and h.val_acc is not None]
+    pre = next((h.val_acc for h in stats if h.epoch == 0), None)
+    gaps = ", ".join(f"{cfg.eval.n_way}-way {shot}-shot {100 * mt['acc']:.2f} ± {100 * mt['ci95']:.2f}% vs direct "
+                     f"{100 * d['acc']:.2f} ± {100 * d['ci95']:.2f}%" for shot, mt, d in lost)
+    why = [f"the {len(tasks)} finetuning tasks' consistency with the target is {cons:.3f} (Algorithm 1's measure; "
+           f"selection.strategy=selected ranks tasks by it)",
+           f"{len(source_ids)} distinct source images, each seen {seen:.1f} times per epoch by M x m = "
+           f"{len(tasks)} x {tasks.m}"]
+    doc = {"shots": [shot for shot, _, _ in lost], "consistency": round(cons, 4),
+           "distinct_source_images": int(len(source_ids)), "times_seen_per_epoch": round(seen, 2)}
+    if tuned:
+        last = tuned[-1]
+        why.append(f"train accuracy {100 * last.train_acc:.1f}% vs validation {100 * last.val_acc:.1f}% at the last "
+                   f"validation (epoch {last.epoch})" + (f", pretrained validation {100 * pre:.1f}%" if pre else ""))
+        doc.update(train_acc=last.train_acc, val_acc=last.val_acc, pretrained_val_acc=pre)
+    doc["warning"] = (f"multitask finetuning scored below direct adaptation beyond the CIs ({gaps}): " + "; ".join(why)
+                      + ". Try a lower finetune.lr, finetune.patience / val_every, fewer tasks or more source images")
+    return doc

@@ -75,6 +75,10 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     print(f"\n{cfg.name}: M={result['M']} tasks x m={result['m']} samples "
           f"(M*m={result['M'] * result['m']}), config {result['config_hash']}")
     print(format_table(result["results"]))
+    print(f"protocol: {', '.join(f'{k}={v}' for k, v in result['protocol'].items())}")
+    for method, t in result.get("training", {}).items():
+        if t.get("stopped_early"):
+            print(f"{method}: {t['stopped_early']}")
     for warning in result["warnings"]:
         print(f"WARNING: {warning}")
     print(f"\nwrote {out / 'result.json'} in {result['seconds']['total']:.0f}s")

@@ -128,18 +128,18 @@ def _timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
 
 
 def _loop_accuracy(features: torch.Tensor, episodes: Episodes) -> np.ndarray:
-    """The baseline: nearest centroid (cosine), one episode at a time."""
+    """The baseline: nearest centroid (cosine, raw-mean prototypes), one episode at a time."""
     unit = features / features.norm(dim=1, keepdim=True)
     target = torch.arange(episodes.n_way).repeat_interleave(episodes.n_query)
     acc = np.empty(episodes.n_episodes)
     for e in range(episodes.n_episodes):
-        acc[e] = _nearest_centroid(unit[torch.from_numpy(episodes.support[e])],
+        acc[e] = _nearest_centroid(features[torch.from_numpy(episodes.support[e])],
                                    unit[torch.from_numpy(episodes.query[e].reshape(-1))], target)
     return acc
 
 
 def _nearest_centroid(support: torch.Tensor, queries: torch.Tensor, target: torch.Tensor) -> float:
-    """Accuracy of one episode from unit-norm ``(N, K, D)`` shots and ``(N*Q, D)`` queries."""
+    """Accuracy of one episode from raw ``(N, K, D)`` shots and unit-norm ``(N*Q, D)`` queries."""
     centroids = support.mean(dim=1)
     centroids = centroids / centroids.norm(dim=1, keepdim=True)
     pred = (queries @ centroids.T).argmax(dim=1)
@@ -164,7 +164,7 @@ def _time_reencode(episodes: Episodes, n: int, seed: int) -> float:
         for batch in images:
             feats = model(batch)
             unit = feats / feats.norm(dim=1, keepdim=True)
-            _nearest_centroid(unit[:way * shot].view(way, shot, -1), unit[way * shot:], target)
+            _nearest_centroid(feats[:way * shot].view(way, shot, -1), unit[way * shot:], target)
         return (time.perf_counter() - start) / n
 
 

@@ -10,12 +10,15 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 
 from mtft_ray.config.schema import EvalConfig, ExperimentConfig
 from mtft_ray.data.store import SampleStore
+from mtft_ray.errors import MtftError
 from mtft_ray.tasks.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
 from mtft_ray.evaluation.features import FeatureCache, embed
 from mtft_ray.models.state import model_fingerprint
@@ -74,7 +77,7 @@ class EpisodeEvaluator:
     def evaluate_features(self, features: torch.Tensor) -> list[dict]:
         out = []
         for shot, eps in self.episodes.items():
-            acc, ci = mean_ci95(episode_accuracy(features, eps))
+            acc, ci = mean_ci95(episode_accuracy(features, eps, prototype=self.cfg.prototype))
             out.append({"n_way": self.cfg.n_way, "n_shot": shot, "acc": acc, "ci95": ci, "episodes": eps.n_episodes})
         return out
 
@@ -86,12 +89,50 @@ def validation_evaluator(cfg: ExperimentConfig, store: SampleStore, val_classes:
                          device: torch.device | str = "cpu", cache: FeatureCache | None = None,
                          progress: bool = False) -> EpisodeEvaluator | None:
     """The validation episodes epochs are scored on: the first shot setting, ``val_queries``
-    queries per class, and only the samples those need embedded. ``None`` without validation classes."""
+    queries per class, and only the samples those need embedded. ``None`` without validation classes.
+
+    Raises:
+        MtftError: fewer validation classes with enough samples than ``eval.n_way``.
+    """
     if not len(val_classes):
         return None
-    ft = cfg.finetune
+    ft, n_way = cfg.finetune, cfg.eval.n_way
+    need = cfg.eval.shots[0] + ft.val_queries
+    counts = np.bincount(store.labels, minlength=store.num_classes)[val_classes]
+    usable = int((counts >= need).sum())
+    if usable < n_way:
+        raise MtftError(
+            f"the validation split has {usable} classes with at least {need} samples ({len(val_classes)} classes in "
+            f"{_domains_of(store, val_classes)}), fewer than eval.n_way={n_way}: {n_way}-way validation episodes "
+            f"cannot be drawn. Give validation more classes (data.split.val_domains / val_fraction), or lower "
+            f"eval.n_way or finetune.val_queries")
     val_eval = cfg.eval.model_copy(update={"shots": [cfg.eval.shots[0]], "episodes": ft.val_episodes,
                                            "n_query": ft.val_queries, "seed": cfg.eval.seed + 1})
     return EpisodeEvaluator(store, val_classes, val_eval, name="validation", batch_size=cfg.run.batch_size,
                             device=device, cache=cache, progress=progress,
-                            max_per_class=cfg.eval.shots[0] + ft.val_queries)
+                            max_per_class=need)
+
+
+def validation_warnings(cfg: ExperimentConfig, store: SampleStore, val_classes: np.ndarray) -> list[str]:
+    """Why the validation split may be too small to tell checkpoints apart (empty when it is not).
+
+    With C usable classes and ``n_way``-way episodes there are C-choose-n_way class sets; with a
+    handful (a single 5-class domain gives one) every episode asks the same question, so the
+    checkpoint choice and early stopping follow noise in a few classes.
+    """
+    if not len(val_classes):
+        return []
+    need = cfg.eval.shots[0] + cfg.finetune.val_queries
+    counts = np.bincount(store.labels, minlength=store.num_classes)[val_classes]
+    usable = int((counts >= need).sum())
+    sets = math.comb(usable, cfg.eval.n_way)
+    if sets >= 20:
+        return []
+    return [f"validation: only {usable} usable classes in {_domains_of(store, val_classes)} for "
+            f"{cfg.eval.n_way}-way episodes ({sets} distinct class set{'s' if sets != 1 else ''}): validation can "
+            f"hardly tell checkpoints apart; give it more classes (data.split.val_domains / val_fraction)"]
+
+
+def _domains_of(store: SampleStore, class_ids: np.ndarray) -> str:
+    names = sorted({store.domain_names[d] for d in np.unique(store.class_domain[class_ids])})
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")

@@ -65,10 +65,10 @@ def metrics_from_result(result: dict, trial_dir: str | Path) -> dict[str, Any]:
 def epoch_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """A per-epoch report from an epoch's metrics (what every path of the trainer reports): what
     ASHA watches (``val_acc``) and training progress; no target accuracy."""
-    out = {"epoch": metrics["epoch"], "train_loss": metrics["train_loss"], "train_acc": metrics["train_acc"],
-           "images_per_s": round(metrics["images_per_s"], 1)}
+    out = {"epoch": metrics["epoch"], "global_step": metrics["global_step"], "train_loss": metrics["train_loss"],
+           "train_acc": metrics["train_acc"], "images_per_s": round(metrics["images_per_s"], 1)}
     if metrics.get("val_acc") is not None:
-        out["val_acc"] = metrics["val_acc"]
+        out["val_acc"], out["val_ci95"] = metrics["val_acc"], metrics.get("val_ci95")
     return out
 
 

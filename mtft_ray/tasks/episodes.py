@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from mtft_ray.errors import MtftError
 
-__all__ = ["Episodes", "sample_episodes", "episode_accuracy", "mean_ci95"]
+__all__ = ["Episodes", "PROTOTYPES", "sample_episodes", "episode_accuracy", "mean_ci95"]
 
 # Gathered query rows per chunk, in bytes: small enough that the buffer stays in L3 cache
 # between the gather and the matmul (a fully batched gather is memory-bound and several times
@@ -167,12 +167,17 @@ def _sample_without_replacement(rng: np.random.Generator, population: np.ndarray
     return np.take_along_axis(out.T, np.argsort(rng.random((rows, k)), axis=1), axis=1)
 
 
+PROTOTYPES = ("raw_mean", "normalized_mean")
+
+
 def episode_accuracy(features: torch.Tensor | np.ndarray, episodes: Episodes,
-                     chunk: int | None = None) -> np.ndarray:
+                     chunk: int | None = None, prototype: str = "raw_mean") -> np.ndarray:
     """Nearest-centroid (cosine) accuracy of each episode.
 
-    Features are L2-normalised once; a class's centroid is the mean of its normalised support
-    features and each query is assigned to the centroid of highest cosine similarity.
+    A class's centroid is the mean of its support features, either of the raw features
+    (``prototype="raw_mean"``, the paper's protocol and its training loss: the mean is then
+    compared by cosine, i.e. normalised) or of the L2-normalised ones (``"normalized_mean"``);
+    the two agree at 1 shot. Each query is assigned to the centroid of highest cosine similarity.
     Queries are gathered ``chunk`` episodes at a time into a preallocated buffer and scored by
     one ``bmm`` against the centroids, so the working set stays in cache; centroids (shots
     gathered and summed by one ``embedding_bag``) and predictions are computed for blocks of
@@ -183,13 +188,17 @@ def episode_accuracy(features: torch.Tensor | np.ndarray, episodes: Episodes,
         features: ``(n_samples, dim)`` features, rows indexed by the episodes' sample ids.
         episodes: the episodes to score.
         chunk: episodes per chunk (default: about 16 MiB of gathered query rows).
+        prototype: ``"raw_mean"`` or ``"normalized_mean"`` (see above).
 
     Returns:
         ``(E,)`` float64 fraction of correctly classified queries per episode.
 
     Raises:
-        MtftError: features not 2-D, sample ids out of range, or ``chunk`` below 1.
+        MtftError: features not 2-D, sample ids out of range, ``chunk`` below 1, or an unknown
+            ``prototype``.
     """
+    if prototype not in PROTOTYPES:
+        raise MtftError(f"prototype must be one of {', '.join(PROTOTYPES)}; got {prototype!r}")
     feats = torch.as_tensor(features)
     if feats.ndim != 2:
         raise MtftError(f"features must be (n_samples, dim), got shape {tuple(feats.shape)}")
@@ -211,6 +220,7 @@ def episode_accuracy(features: torch.Tensor | np.ndarray, episodes: Episodes,
 
     device = feats.device
     unit = feats / torch.linalg.vector_norm(feats, dim=1, keepdim=True).clamp_min(_EPS)
+    shots = feats if prototype == "raw_mean" else unit
     support_ids = torch.as_tensor(episodes.support.reshape(e * n, k), dtype=torch.int64, device=device)
     query_ids = torch.as_tensor(episodes.query.reshape(e, n * q), dtype=torch.int64, device=device)
 
@@ -223,7 +233,7 @@ def episode_accuracy(features: torch.Tensor | np.ndarray, episodes: Episodes,
         block_stop = min(block_start + block, e)
         # Gather-and-sum of the shots in one op; the sum points where the mean does, and the
         # centroid's length is divided out of the scores below.
-        centroids = F.embedding_bag(support_ids[block_start * n:block_stop * n], unit, mode="sum")
+        centroids = F.embedding_bag(support_ids[block_start * n:block_stop * n], shots, mode="sum")
         centroids = centroids.view(block_stop - block_start, n, dim)
         for start in range(block_start, block_stop, chunk):
             stop = min(start + chunk, block_stop)

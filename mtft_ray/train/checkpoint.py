@@ -32,9 +32,9 @@ from mtft_ray.train.strategies import Strategy
 
 
 def epoch_score(epoch: int, val_acc: float | None) -> float:
-    """How good an epoch is (higher is better): its validation accuracy, ties going to the earlier
-    epoch; without validation, the latest epoch is best."""
-    return val_acc - 1e-9 * epoch if val_acc is not None else float(epoch)
+    """How good an epoch (or a global step) is, higher is better: its validation accuracy, ties
+    going to the earlier one; without validation, the latest is best."""
+    return val_acc - 1e-12 * epoch if val_acc is not None else float(epoch)
 
 
 def improves(score: float, best: float | None) -> bool:
@@ -51,7 +51,11 @@ class TrainState:
         global_step: optimizer steps completed (over the whole run, all attempts).
         history: one entry per completed epoch (stats, global step, every step's loss).
         best_epoch: the epoch with the best score so far (validation accuracy, else the latest).
+        best_step: the global step of that best validation (0: the pretrained weights).
         resumes: how often training restarted from a checkpoint.
+        step_in_epoch: steps of epoch ``epoch + 1`` done (a checkpoint within an epoch).
+        stale: validations in a row since the last new best (early stopping's count).
+        stopped_early: why training stopped before its last epoch (``finetune.patience``), or None.
     """
 
     epoch: int = 0
@@ -62,12 +66,20 @@ class TrainState:
     resumes: int = 0
     world_size: int = 1
     strategy: str = "ddp"
+    best_step: int | None = None
+    step_in_epoch: int = 0
+    stale: int = 0
+    stopped_early: str | None = None
 
-    def offer(self, epoch: int, val_acc: float | None) -> float:
-        """Score ``epoch`` (:func:`epoch_score`); it becomes the best epoch if it improves. Returns its score."""
-        score = epoch_score(epoch, val_acc)
+    def offer(self, epoch: int, val_acc: float | None, step: int | None = None) -> float:
+        """Score the model at ``epoch`` (and global ``step``; ties go to the earlier one, see
+        :func:`epoch_score`); it becomes the best if it improves, else one more stale validation.
+        Returns its score."""
+        score = epoch_score(epoch if step is None else step, val_acc)
         if improves(score, self.best_score):
-            self.best_epoch, self.best_score = epoch, score
+            self.best_epoch, self.best_step, self.best_score, self.stale = epoch, step, score, 0
+        else:
+            self.stale += 1
         return score
 
     def to_json(self) -> dict:

@@ -37,11 +37,14 @@ from mtft_ray.train.loss import PrototypeHead
 from mtft_ray.train.strategies import Strategy
 
 Validate = Callable[[nn.Module], float]
+Scored = tuple[float, float]  # validation accuracy and its 95% half-width
 
 
 @dataclass
 class EpochStats:
-    """One epoch's summary; epoch 0 is the pretrained model's validation (no training, no loss)."""
+    """One validation period's summary: the steps since the last validation and the validation
+    after them (a whole epoch unless ``finetune.val_every`` validates within epochs); epoch 0 is
+    the pretrained model's validation (no training, no loss)."""
 
     epoch: int
     train_loss: float | None
@@ -51,6 +54,7 @@ class EpochStats:
     steps: int
     images: int
     seconds: float
+    val_ci95: float | None = None  # 95% half-width of val_acc over the validation episodes
 
     @property
     def images_per_s(self) -> float:
@@ -66,8 +70,11 @@ def make_optimizer(params: list[dict], name: str, lr: float, momentum: float, we
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def task_order(n_tasks: int, epoch: int, seed: int) -> np.ndarray:
-    """The seeded order tasks are visited in during ``epoch`` (the same on every worker)."""
+def task_order(n_tasks: int, epoch: int, seed: int, order: str = "shuffled") -> np.ndarray:
+    """The order tasks are visited in during ``epoch`` (the same on every worker): a seeded
+    permutation per epoch (``"shuffled"``) or the task set's own order every epoch (``"fixed"``)."""
+    if order == "fixed":
+        return np.arange(n_tasks)
     return np.random.default_rng([seed, 7_000_003, epoch]).permutation(n_tasks)
 
 
@@ -101,7 +108,7 @@ class Step:
 
 def epoch_steps(n_tasks: int, epoch: int, cfg: FinetuneConfig, world_size: int = 1, rank: int = 0) -> list[Step]:
     """This rank's steps of ``epoch``: :func:`shard_steps` plus each step's global task count."""
-    order = task_order(n_tasks, epoch, cfg.seed)
+    order = task_order(n_tasks, epoch, cfg.seed, cfg.task_order)
     return [Step(g[rank::world_size], len(g))
             for g in shard_steps(order, cfg.tasks_per_step * world_size) if len(g) >= world_size]
 
@@ -131,8 +138,12 @@ class EpisodicModel(nn.Module):
 
 
 def param_groups(net: EpisodicModel, cfg: FinetuneConfig) -> list[dict]:
-    """The backbone at ``cfg.lr``; the temperature in its own group at ``cfg.lr_temperature``."""
-    return [{"params": [p for p in net.backbone.parameters() if p.requires_grad], "lr": cfg.lr},
+    """The backbone at ``cfg.lr``; the temperature in its own group at ``cfg.lr_temperature``
+    (``temperature_group: own``) or with the backbone's parameters (``backbone``)."""
+    backbone = [p for p in net.backbone.parameters() if p.requires_grad]
+    if cfg.temperature_group == "backbone":
+        return [{"params": backbone + list(net.head.parameters()), "lr": cfg.lr}]
+    return [{"params": backbone, "lr": cfg.lr},
             {"params": list(net.head.parameters()), "lr": cfg.lr_temperature, "weight_decay": 0.0}]
 
 
@@ -195,24 +206,28 @@ def train_epoch(strategy: Strategy, net: EpisodicModel, tasks: TaskSet, images: 
 
 def run_epoch(strategy: Strategy, net: EpisodicModel, tasks: TaskSet, images: torch.Tensor, cfg: FinetuneConfig,
               epoch: int, *, device: torch.device, world_size: int = 1, rank: int = 0,
-              validate: Callable[[], float] | None = None, before_step: Callable[[int], None] | None = None,
-              first_step: int = 0, progress: bool = False) -> EpochResult:
-    """One epoch of multitask finetuning on this rank, then validation; stats reduced over ranks.
+              validate: Callable[[], Scored] | None = None, before_step: Callable[[int], None] | None = None,
+              first_step: int = 0, progress: bool = False, span: tuple[int, int] | None = None) -> EpochResult:
+    """One epoch of multitask finetuning on this rank (or the steps ``span`` of it), then
+    validation; stats reduced over ranks.
 
     Args:
-        validate: scores the current model (every rank calls it; it must return the same value
-            on all of them).
+        validate: scores the current model: (accuracy, 95% half-width); every rank calls it and
+            it must return the same value on all of them.
         before_step: called with the 1-based global step number before each step.
-        first_step: global steps done before this epoch.
+        first_step: global steps done before these steps.
+        span: run only the epoch's steps ``[start, stop)`` (validation within an epoch).
     """
     steps = epoch_steps(len(tasks), epoch, cfg, world_size, rank)
+    if span is not None:
+        steps = steps[span[0] : span[1]]
     strategy.module.train()
     if cfg.freeze_bn:
         freeze_batchnorm_stats(net.backbone)
     step_losses, acc, n_images, seconds = train_epoch(
         strategy, net, tasks, images, steps, device=device, world_size=world_size, before_step=before_step,
         first_step=first_step, progress=progress, desc=f"multitask epoch {epoch}/{cfg.epochs}")
-    val = validate() if validate else None
+    val, ci = validate() if validate else (None, None)
     temperature = strategy.full_state_dict(net.head)["temperature"].item()
-    stats = EpochStats(epoch, float(np.mean(step_losses)), acc, val, temperature, len(steps), n_images, seconds)
+    stats = EpochStats(epoch, float(np.mean(step_losses)), acc, val, temperature, len(steps), n_images, seconds, ci)
     return EpochResult(stats, step_losses)

@@ -46,10 +46,11 @@ from mtft_ray.tasks.pool import TaskSet, write_manifest
 from mtft_ray.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from mtft_ray.train.collective import all_gather_rows
 from mtft_ray.train.loss import PrototypeHead
-from mtft_ray.train.multitask import EpisodicModel, EpochStats, make_optimizer, param_groups, run_epoch
+from mtft_ray.errors import MtftError
+from mtft_ray.train.multitask import EpisodicModel, EpochStats, epoch_steps, make_optimizer, param_groups, run_epoch
 from mtft_ray.train.strategies import build_strategy, cpu_float
 
-Report = Callable[[dict, Path, int], None]
+Report = Callable[[dict, Path, str], None]
 
 
 @dataclass
@@ -107,15 +108,44 @@ def epoch_history(state: TrainState) -> list[EpochStats]:
 
 
 def sharded_validate(val: EpisodeEvaluator, backbone: nn.Module, images: torch.Tensor, *, device: torch.device,
-                     batch_size: int, rank: int, world_size: int) -> float:
-    """Validation accuracy with the embedding split over ranks (equal shares, so ZeRO-3 ranks stay
-    in step); every rank gets the same value."""
+                     batch_size: int, rank: int, world_size: int) -> tuple[float, float]:
+    """Validation accuracy and its 95% half-width, with the embedding split over ranks (equal
+    shares, so ZeRO-3 ranks stay in step); every rank gets the same values."""
     ids = val.sample_ids
     per = math.ceil(len(ids) / world_size)
     mine = ids[rank * per : (rank + 1) * per]
     mine = np.concatenate([mine, np.repeat(ids[:1], per - len(mine))])  # pad the last share
     feats = all_gather_rows(embed(backbone, images, mine, batch_size, device))[: len(ids)]
-    return val.evaluate_features(feats)[0]["acc"]
+    row = val.evaluate_features(feats)[0]
+    return row["acc"], row["ci95"]
+
+
+def validation_spans(n_steps: int, first_step: int, val_every: int | None, start: int = 0) -> list[tuple[int, int]]:
+    """The step spans ``[a, b)`` of an epoch of ``n_steps`` steps after each of which the model is
+    validated: every global step that is a multiple of ``val_every``, and the epoch's end.
+
+    >>> validation_spans(10, first_step=0, val_every=4)
+    [(0, 4), (4, 8), (8, 10)]
+    >>> validation_spans(10, first_step=10, val_every=4, start=2)  # resumed at global step 12
+    [(2, 6), (6, 10)]
+    """
+    ends = [] if val_every is None else [k for k in range(start + 1, n_steps) if (first_step + k) % val_every == 0]
+    bounds = [start, *ends, n_steps]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def check_validation_plan(cfg: ExperimentConfig, n_tasks: int, world_size: int) -> None:
+    """Settings that cannot work with this run's epoch length, rejected before anything trains.
+
+    Raises:
+        MtftError: ``finetune.val_every`` larger than an epoch's steps.
+    """
+    ft = cfg.finetune
+    steps = len(epoch_steps(n_tasks, 1, ft, world_size))
+    if ft.val_every is not None and ft.val_every > steps:
+        raise MtftError(f"finetune.val_every={ft.val_every} is larger than an epoch ({steps} steps: {n_tasks} tasks, "
+                        f"{ft.tasks_per_step} per step on {world_size} worker(s)); validation already runs at every "
+                        f"epoch end: set val_every to at most {steps}, or leave it unset")
 
 
 def _fail_hook(cfg: ExperimentConfig, run_uri: str, rank: int) -> Callable[[int], None] | None:
@@ -145,8 +175,10 @@ def run_worker(cfg: ExperimentConfig, tasks: TaskSet, data: WorkerData, *, rank:
     Args:
         resume: opens a local copy of the checkpoint to resume from (``checkpoint.as_directory``),
             or None to start afresh.
-        report: ``report(metrics, checkpoint_dir, epoch)``, called by every rank after every epoch;
-            the directory is gone once it returns.
+        report: ``report(metrics, checkpoint_dir, name)``, called by every rank after every
+            validation (every epoch end, and every ``finetune.val_every`` steps); the directory is
+            gone once it returns. ``name`` is the checkpoint's folder name (``epoch_0002``, or
+            ``epoch_0002_step_0000150`` within an epoch).
         run_uri: the run's storage folder (for the failure test hook).
         progress: progress bars for the epochs' steps.
     """
@@ -170,30 +202,43 @@ def run_worker(cfg: ExperimentConfig, tasks: TaskSet, data: WorkerData, *, rank:
             write_manifest(Path(d) / "manifest.json", tasks, data.store)
             manifest = (Path(d) / "manifest.json").read_text()
 
-    def validate() -> float:
+    def validate() -> tuple[float, float]:
         return sharded_validate(data.val, backbone, data.images, device=device, batch_size=cfg.run.batch_size,
                                 rank=rank, world_size=world_size)
 
     hook = _fail_hook(cfg, run_uri, rank) if run_uri else None
     if state.epoch == 0 and not state.history and data.val is not None and ft.keep_pretrained:
         t0 = time.perf_counter()  # epoch 0: the pretrained weights are the first candidate (not reported)
-        val0 = validate()
-        state.offer(0, val0)
-        state.history.append({**EpochStats(0, None, None, val0, ft.init_temperature, 0, 0,
-                                           time.perf_counter() - t0).to_json(), "global_step": 0, "step_losses": []})
+        val0, ci0 = validate()
+        state.offer(0, val0, step=0)
+        state.history.append({**EpochStats(0, None, None, val0, ft.init_temperature, 0, 0, time.perf_counter() - t0,
+                                           ci0).to_json(), "global_step": 0, "step_losses": []})
     for epoch in range(state.epoch + 1, ft.epochs + 1):
-        res = run_epoch(strategy, net, tasks, data.images, ft, epoch, device=device, world_size=world_size, rank=rank,
-                        validate=validate if data.val is not None else None, before_step=hook,
-                        first_step=state.global_step, progress=progress)
-        s = res.stats
-        state.epoch, state.global_step = epoch, state.global_step + s.steps
-        score = state.offer(epoch, s.val_acc)
-        state.history.append({**s.to_json(), "global_step": state.global_step, "step_losses": res.step_losses})
-        metrics = {**s.to_json(), "global_step": state.global_step, "score": score, "best_epoch": state.best_epoch,
-                   "resumes": state.resumes, "world_size": world_size}
-        with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(Path(d), strategy, backbone, state, rank, manifest)
-            report(metrics, Path(d), epoch)
+        n_steps = len(epoch_steps(len(tasks), epoch, ft, world_size, rank))
+        first = state.global_step - state.step_in_epoch  # global steps before this epoch
+        for span in validation_spans(n_steps, first, ft.val_every, state.step_in_epoch):
+            if state.stopped_early:
+                return state
+            res = run_epoch(strategy, net, tasks, data.images, ft, epoch, device=device, world_size=world_size,
+                            rank=rank, validate=validate if data.val is not None else None, before_step=hook,
+                            first_step=state.global_step, progress=progress, span=span)
+            s = res.stats
+            state.global_step += s.steps
+            state.step_in_epoch = 0 if span[1] == n_steps else span[1]
+            state.epoch = epoch if span[1] == n_steps else epoch - 1
+            score = state.offer(epoch, s.val_acc, step=state.global_step)
+            if ft.patience is not None and s.val_acc is not None and state.stale >= ft.patience:
+                state.stopped_early = (f"no new best in {state.stale} validations (finetune.patience={ft.patience}): "
+                                       f"stopped at epoch {epoch}, global step {state.global_step}; best at step "
+                                       f"{state.best_step}")
+            state.history.append({**s.to_json(), "global_step": state.global_step, "step_losses": res.step_losses})
+            metrics = {**s.to_json(), "global_step": state.global_step, "score": score,
+                       "best_epoch": state.best_epoch, "best_step": state.best_step, "resumes": state.resumes,
+                       "world_size": world_size, "stopped_early": state.stopped_early}
+            name = f"epoch_{epoch:04d}" if not state.step_in_epoch else f"epoch_{epoch:04d}_step_{state.global_step:07d}"
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint(Path(d), strategy, backbone, state, rank, manifest)
+                report(metrics, Path(d), name)
     return state
 
 
@@ -206,8 +251,8 @@ def finetune_local(cfg: ExperimentConfig, tasks: TaskSet, data: WorkerData, devi
     """
     t0, best = time.perf_counter(), {}
 
-    def report(metrics: dict, directory: Path, epoch: int) -> None:
-        if metrics["best_epoch"] == epoch:
+    def report(metrics: dict, directory: Path, name: str) -> None:
+        if metrics["best_step"] == metrics["global_step"]:
             best["state"] = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
         if on_epoch:
             on_epoch(metrics)
@@ -239,11 +284,11 @@ def kept_pretrained_warning(method: str, history: list[EpochStats]) -> str | Non
             f"pretrained weights")
 
 
-def _ray_report(metrics: dict, directory: Path, epoch: int) -> None:
+def _ray_report(metrics: dict, directory: Path, name: str) -> None:
     import ray.train  # only inside a Ray Train worker
 
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
-                     checkpoint_dir_name=f"epoch_{epoch:04d}")
+                     checkpoint_dir_name=name)
 
 
 def train_fn_per_worker(config: dict) -> dict:

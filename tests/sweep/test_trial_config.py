@@ -37,8 +37,10 @@ def test_trial_config_sets_threads_progress_and_s3_storage_on_a_copy(tmp_path):
 def test_epoch_metrics_take_what_every_trainer_path_reports():
     m = {"epoch": 2, "train_loss": 0.5, "train_acc": 0.9, "val_acc": None, "images_per_s": 123.456,
          "global_step": 8, "score": 2.0}
-    assert epoch_metrics(m) == {"epoch": 2, "train_loss": 0.5, "train_acc": 0.9, "images_per_s": 123.5}
-    assert epoch_metrics({**m, "val_acc": 0.7})["val_acc"] == 0.7
+    assert epoch_metrics(m) == {"epoch": 2, "global_step": 8, "train_loss": 0.5, "train_acc": 0.9,
+                                "images_per_s": 123.5}
+    with_val = epoch_metrics({**m, "val_acc": 0.7, "val_ci95": 0.02})
+    assert with_val["val_acc"] == 0.7 and with_val["val_ci95"] == 0.02
 
 
 def test_one_dotted_setter():

@@ -13,14 +13,15 @@ def _labels(n_classes: int, per_class: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).permutation(np.repeat(np.arange(n_classes), per_class))
 
 
-def _loop_accuracy(features: np.ndarray, eps: Episodes) -> np.ndarray:
+def _loop_accuracy(features: np.ndarray, eps: Episodes, prototype: str = "raw_mean") -> np.ndarray:
     """Plain per-episode nearest-centroid (cosine) reference, in float64 numpy."""
-    f = features.astype(np.float64)
-    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    raw = features.astype(np.float64)
+    f = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    shots = raw if prototype == "raw_mean" else f
     target = np.repeat(np.arange(eps.n_way), eps.n_query)
     out = []
     for support, query in zip(eps.support, eps.query):
-        centroids = f[support].mean(axis=1)
+        centroids = shots[support].mean(axis=1)
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
         pred = (f[query.reshape(-1)] @ centroids.T).argmax(axis=1)
         out.append((pred == target).mean())
@@ -111,19 +112,20 @@ def test_exactly_enough_samples_uses_all_of_them():
 
 # --- accuracy -----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("prototype", ["raw_mean", "normalized_mean"])
 @pytest.mark.parametrize("n_way,n_shot,n_query,chunk", [
     (5, 1, 3, None), (5, 1, 3, 1), (4, 3, 2, 7), (7, 5, 5, 3), (3, 2, 1, 1000)])
-def test_vectorised_equals_loop_reference(n_way, n_shot, n_query, chunk):
+def test_vectorised_equals_loop_reference(n_way, n_shot, n_query, chunk, prototype):
     rng = np.random.default_rng(n_way * 100 + n_shot)
     labels = _labels(9, 20, seed=n_shot)
     means = rng.standard_normal((9, 24))
     feats = means[labels] * 0.4 + rng.standard_normal((labels.size, 24))       # far from 0 or 1
     eps = sample_episodes(labels, n_way, n_shot, n_query, n_episodes=23, seed=n_query)
-    ref = _loop_accuracy(feats, eps)
+    ref = _loop_accuracy(feats, eps, prototype)
     assert 0.2 < ref.mean() < 0.95
-    np.testing.assert_array_equal(episode_accuracy(feats, eps, chunk=chunk), ref)             # float64
+    np.testing.assert_array_equal(episode_accuracy(feats, eps, chunk=chunk, prototype=prototype), ref)  # float64
     as_float32 = torch.from_numpy(feats.astype(np.float32))
-    np.testing.assert_allclose(episode_accuracy(as_float32, eps, chunk=chunk), ref, atol=1e-12)
+    np.testing.assert_allclose(episode_accuracy(as_float32, eps, chunk=chunk, prototype=prototype), ref, atol=1e-12)
 
 
 def test_many_blocks_with_a_ragged_last_one_equal_loop_reference():
@@ -147,15 +149,37 @@ def test_hand_computed_2d_cases():
     np.testing.assert_array_equal(episode_accuracy(feats, eps), [1.0, 0.5])
 
 
-def test_centroid_is_mean_of_normalised_shots():
+def _deg(a: float) -> list[float]:
+    return [math.cos(math.radians(a)), math.sin(math.radians(a))]
+
+
+def test_normalized_mean_centroid_is_mean_of_normalised_shots():
     # 2-shot: A's shots (100, 0) and (0, 1) average, once normalised, to 45 degrees (the raw
     # mean points at 0.6 degrees); B's shots are both at 55 degrees. A's query at 30 degrees
-    # is 15 degrees from A (raw mean: 29.4) and 25 from B, so only the right centroid gets it.
-    deg = lambda a: [math.cos(math.radians(a)), math.sin(math.radians(a))]  # noqa: E731
-    feats = np.array([[100, 0], [0, 1], deg(55), deg(55), deg(30), deg(70)])
+    # is 15 degrees from A (raw mean: 29.4) and 25 from B, so only the normalised mean gets it;
+    # B's query at 70 degrees is B's under both.
+    feats = np.array([[100, 0], [0, 1], _deg(55), _deg(55), _deg(30), _deg(70)])
     eps = Episodes(support=np.array([[[0, 1], [2, 3]]]), query=np.array([[[4], [5]]]),
                    classes=np.array([[0, 1]]))
+    np.testing.assert_array_equal(episode_accuracy(feats, eps, prototype="normalized_mean"), [1.0])
+    np.testing.assert_array_equal(episode_accuracy(feats, eps, prototype="raw_mean"), [0.5])
+
+
+def test_paper_5_shot_prototype_is_the_raw_mean_by_hand():
+    # The paper's protocol (the default): average the raw 5 shots, then compare by cosine.
+    # A's shots (10, 0) and 4 x (0, 1): raw mean (2, 0.8) at 21.8 degrees; the mean of the
+    # normalised shots (0.2, 0.8) is at 76.0 degrees. B's 5 shots are all at 50 degrees.
+    # A's query at 10 degrees: 11.8 from A's raw mean vs 40 from B -> A (right); but 66 from the
+    # normalised mean -> B (wrong). B's query at 50 degrees is B's under both.
+    feats = np.array([[10, 0], [0, 1], [0, 1], [0, 1], [0, 1], *[_deg(50)] * 5, _deg(10), _deg(50)])
+    eps = Episodes(support=np.array([[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]]), query=np.array([[[10], [11]]]),
+                   classes=np.array([[0, 1]]))
+    raw_mean = feats[:5].mean(axis=0)
+    assert math.degrees(math.atan2(raw_mean[1], raw_mean[0])) == pytest.approx(21.8, abs=0.05)
     np.testing.assert_array_equal(episode_accuracy(feats, eps), [1.0])
+    np.testing.assert_array_equal(episode_accuracy(feats, eps, prototype="normalized_mean"), [0.5])
+    with pytest.raises(MtftError, match="prototype must be one of raw_mean, normalized_mean"):
+        episode_accuracy(feats, eps, prototype="median")
 
 
 def test_tied_centroids_go_to_the_first_way():
