@@ -11,7 +11,10 @@ Example:
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from PIL import ImageColor
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from mtft_ray.errors import MtftError
 
@@ -46,14 +49,34 @@ class GlyphOptions(BaseModel):
     workers: int = Field(1, ge=0)
 
 
+def _rgb(value: object) -> object:
+    """A colour name or string PIL knows (``"white"``, ``"#808080"``) as its ``(r, g, b)``; anything else as given."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ImageColor.getrgb(value)
+    except ValueError:
+        raise ValueError(f"unknown colour {value!r}: give a name PIL knows (white, black, gray, ...), "
+                         f"'#rrggbb' or [r, g, b] in 0-255") from None
+
+
+_Channel = Annotated[int, Field(ge=0, le=255)]
+
+
 class FolderOptions(BaseModel):
-    """Options of the ``folder`` source: a tree ``root/<domain>/<class>/<image files>``."""
+    """Options of the ``folder`` source: a tree ``root/<domain>/<class>/<image files>``.
+
+    ``background`` is the colour transparent pixels are composited onto; a name is kept as its
+    ``(r, g, b)``, so ``white`` and ``[255, 255, 255]`` are one store.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     root: str = ""
     extensions: list[str] = Field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".webp"])
     max_per_class: int | None = Field(None, ge=1)  # first N files per class in sorted order
+    background: Annotated[tuple[_Channel, _Channel, _Channel], BeforeValidator(_rgb)] = Field(
+        "white", validate_default=True)
     workers: int = Field(8, ge=1)  # decoding threads
 
 _OPTIONS: dict[str, type[BaseModel]] = {"glyphs": GlyphOptions, "folder": FolderOptions}
