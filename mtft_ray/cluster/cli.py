@@ -42,9 +42,12 @@ def register(sub) -> None:
     sm = sub.add_parser(
         "submit", help="run an mtft-ray command (a sweep) as a Ray job on a cluster",
         description="Submit `mtft-ray COMMAND ...` as a Ray job. The working dir is uploaded (without .git,\n"
-                    "caches, runs/, data/, checkpoints and .gitignore'd files) and comes first on the job's\n"
-                    "PYTHONPATH, so a checkout's mtft_ray/ is the code that runs. Prints the job id and its\n"
-                    "dashboard page; --follow streams the logs and exits with the job's outcome.",
+                    "caches, runs/, data/, checkpoints, .gitignore'd files and well-known secret files: .env*,\n"
+                    ".aws/, .ssh/, ssh keys, *.pem, *.key, .netrc, credentials*, ...; .mtftignore adds patterns)\n"
+                    "and comes first on the job's PYTHONPATH, so a checkout's mtft_ray/ is the code that runs.\n"
+                    "Credentials never travel: the job gets storage settings (endpoint, region, MTFT_RAY_*), and\n"
+                    "the cluster's nodes their own AWS credentials. Prints the job id and its dashboard page;\n"
+                    "--follow streams the logs and exits with the job's outcome. --dry-run lists every file.",
         usage="mtft-ray submit [options] -- COMMAND [ARG ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
@@ -58,9 +61,12 @@ def register(sub) -> None:
     sm.add_argument("--env", action="append", default=[], metavar="KEY=VAL",
                     help="environment variable of the job (repeat)")
     sm.add_argument("--pip", action="append", default=[], metavar="PKG", help="extra pip package for the job (repeat)")
+    sm.add_argument("--allow-secret", action="append", default=[], metavar="PATH",
+                    help="upload this secret-looking file that .mtftignore re-includes (path in the working "
+                         "dir, as --dry-run lists it; repeat); without it such a file stops the submit")
     sm.add_argument("--submission-id", help="the job's id (default: Ray's raysubmit_...)")
     sm.add_argument("--dry-run", action="store_true",
-                    help="print the job's command and runtime environment; submit nothing")
+                    help="print the job's command, runtime environment and every file it uploads; submit nothing")
     sm.add_argument("command", nargs="+", metavar="COMMAND", help="the mtft-ray command to run (after '--')")
     sm.set_defaults(fn=_cmd_submit)
 
@@ -101,17 +107,28 @@ def _cmd_check(ns: argparse.Namespace) -> int:
 def _cmd_submit(ns: argparse.Namespace) -> int:
     env = jobs.runtime_env(ns.working_dir, jobs.parse_env(ns.env), ns.pip)
     command = jobs.entrypoint(ns.command)
+    pkg = jobs.package(env)
+    refusal = jobs.secret_refusal(pkg, ns.allow_secret)
+    for a in jobs.stray_allowances(pkg, ns.allow_secret):
+        print(f"mtft-ray: warning: --allow-secret {a}: no such secret file is uploaded", file=sys.stderr)
+    if refusal and not ns.dry_run:
+        raise MtftError(refusal)
     client = None if ns.dry_run else jobs.connect(ns.address)  # no cluster: fail before anything else
     results = sweep_destination(ns.command, Path(env["working_dir"]))
     if results and results[1]:
         print(f"mtft-ray: warning: {results[1]}", file=sys.stderr)
     if ns.dry_run:
-        return _print_dry_run(command, env, results, jobs.dashboard_address(ns.address))
+        _print_dry_run(command, env, pkg, results, jobs.dashboard_address(ns.address))
+        if refusal:
+            raise MtftError(refusal)
+        return 0
     started = time.monotonic()
     job_id = jobs.submit(client, ns.command, env, ns.submission_id)
     print(f"submitted job {job_id} to {jobs.dashboard_address(ns.address)}")
     print(f"  command:   {command}")
     print(f"  code:      {jobs.code_source(env['working_dir'])}")
+    left_out = f"; {len(pkg.secrets_left_out)} secret files stay here" if pkg.secrets_left_out else ""
+    print(f"  uploaded:  {len(pkg.files)} files, {jobs.format_size(pkg.size)}{left_out} (--dry-run lists them)")
     if results:
         print(f"  results:   {results[0]}")
     print(f"  dashboard: {jobs.job_url(ns.address, job_id)}")
@@ -122,14 +139,24 @@ def _cmd_submit(ns: argparse.Namespace) -> int:
     return _follow(client, job_id, started)
 
 
-def _print_dry_run(command: str, env: dict, results: tuple | None, address: str) -> int:
+def _print_dry_run(command: str, env: dict, pkg: jobs.Package, results: tuple | None, address: str) -> None:
     print(f"command:       {command}")
     print(f"runtime_env:   {json.dumps(env, indent=2)}")
     print(f"code:          {jobs.code_source(env['working_dir'])}")
     if results:
         print(f"results:       {results[0]}")
+    print(f"upload:        {len(pkg.files)} files, {jobs.format_size(pkg.size)} ({pkg.size} bytes) from {pkg.root}")
+    width = max((len(jobs.format_size(n)) for _, n in pkg.files), default=0)
+    for name, n in pkg.files:
+        mark = "  (secret: --allow-secret)" if name in pkg.secrets_included else ""
+        print(f"  {jobs.format_size(n):>{width}}  {name}{mark}")
+    print(f"secrets:       {len(pkg.secrets_left_out)} secret files left out (not uploaded)")
+    for name in pkg.secrets_left_out:
+        print(f"  {name}")
+    kept = jobs.secrets_kept_home()
+    if kept:
+        print(f"env kept here: {', '.join(kept)} (never in the runtime env; nodes use their own credentials)")
     print(f"address:       {address} (dry run: nothing submitted)")
-    return 0
 
 
 def _follow(client, job_id: str, started: float) -> int:

@@ -4,14 +4,20 @@ A job runs ``python -m mtft_ray.cli.main <command ...>`` on the cluster's head. 
 environment carries:
 
 * ``working_dir``: this directory (default ``.``), uploaded by Ray without ``.git``, caches, run
-  outputs, top-level ``data/``, checkpoints, and whatever ``.gitignore`` lists. The job starts in
-  its copy, and Ray puts that copy first on ``PYTHONPATH`` for the job and every task and actor it
-  starts: run from a checkout, the uploaded ``mtft_ray/`` is the code that runs (ahead of the
-  image's installed copy, so no ``py_modules`` are needed); run from elsewhere, the cluster's
-  installed mtft-ray runs and the directory only brings configs.
+  outputs, top-level ``data/``, checkpoints, well-known secret files (:data:`SECRET_PATTERNS`:
+  ``.env*``, ``.aws/``, ``.ssh/``, ssh keys, ``*.pem``, ``*.key``, ``.netrc``, ``credentials*``, ...),
+  whatever ``.gitignore`` / ``.rayignore`` list, and the patterns of ``.mtftignore`` (gitignore
+  syntax; its ``!`` lines may re-include a secret file, which :func:`secret_refusal` refuses unless
+  ``--allow-secret`` names it). :func:`package` lists what goes, by Ray's own rules and matcher.
+  The job starts in its copy, and Ray puts that copy first on ``PYTHONPATH`` for the job and every
+  task and actor it starts: run from a checkout, the uploaded ``mtft_ray/`` is the code that runs
+  (ahead of the image's installed copy, so no ``py_modules`` are needed); run from elsewhere, the
+  cluster's installed mtft-ray runs and the directory only brings configs.
 * ``env_vars``: ``--env KEY=VAL`` plus the storage settings of this shell (``AWS_ENDPOINT_URL``,
-  ``AWS_REGION``, ``MTFT_RAY_*`` but not the local path ``MTFT_RAY_CACHE``); never credentials:
-  nodes get theirs from their instance profile.
+  ``AWS_REGION``, ``MTFT_RAY_*`` but not the local path ``MTFT_RAY_CACHE``); never a secret (Ray
+  writes runtime envs to its logs in plain text): credentials (``AWS_SECRET_ACCESS_KEY``, any
+  ``*_TOKEN``, ``*_KEY``, ...) stay in this shell and ``--env`` refuses them. Nodes find their own
+  through the AWS chain (instance profile; on a local head, the environment it was started with).
 * ``pip``: ``--pip PKG`` packages installed for this job only.
 
 Example:
@@ -31,6 +37,8 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -42,6 +50,14 @@ EXCLUDES = [".git", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".be
             ".venv", "/runs/", "/data/", "/cache/", "*.pt", "*.pth", "*.ckpt"]
 PASS_THROUGH = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 LOCAL_ONLY = ("MTFT_RAY_CACHE",)  # paths on this machine: set them with --env for the cluster
+# Well-known secret files (gitignore syntax), excluded on top of EXCLUDES. Only ssh-keygen's key
+# names, not every id_*: id_to_class.json is data.
+SECRET_PATTERNS = [".env*", ".aws/", ".ssh/", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "id_xmss*",
+                   "*.pem", "*.key", "*.p12", "*.pfx", ".netrc", "credentials*", ".git-credentials", ".pypirc"]
+IGNORE_FILE = ".mtftignore"  # the project's own patterns, after SECRET_PATTERNS: its '!' lines re-include
+# Environment variable names that hold secrets: never forwarded, refused in --env.
+_SECRET_ENV = re.compile(r"SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|APIKEY|(^|_)(TOKEN|KEY)(_|$)", re.IGNORECASE)
+
 
 
 def dashboard_address(address: str | None = None) -> str:
@@ -130,19 +146,156 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+def is_secret_env(name: str) -> bool:
+    """Whether an environment variable's name says it holds a secret (``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_ACCESS_KEY_ID``, ``AWS_SESSION_TOKEN``, ``HF_TOKEN``, ``WANDB_API_KEY``, ...).
+
+    >>> [is_secret_env(n) for n in ("AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_REGION", "MTFT_RAY_LOG")]
+    [True, True, False, False]
+    """
+    return bool(_SECRET_ENV.search(name))
+
+
+def secrets_kept_home() -> list[str]:
+    """Names of this shell's secret variables that a job does not get (AWS ones, ``MTFT_RAY_*`` ones)."""
+    return sorted(k for k in os.environ if is_secret_env(k) and k.startswith(("AWS_", "MTFT_RAY_")))
+
+
+def excludes(working_dir: str | Path) -> list[str]:
+    """The job's ``excludes``: :data:`EXCLUDES`, :data:`SECRET_PATTERNS`, then ``.mtftignore``'s lines."""
+    ignore = Path(working_dir) / IGNORE_FILE
+    own = ignore.read_text().splitlines() if ignore.is_file() else []
+    return [*EXCLUDES, *SECRET_PATTERNS, *own]
+
+
 def runtime_env(working_dir: str | Path = ".", env: dict[str, str] | None = None,
                 pip: list[str] | None = None) -> dict:
-    """The job's runtime environment: working dir and excludes, env vars, optional pip packages."""
+    """The job's runtime environment: working dir and excludes, env vars, optional pip packages.
+
+    Raises:
+        MtftError: ``env`` names a secret (Ray logs runtime envs in plain text).
+    """
     wd = Path(working_dir).expanduser().resolve()
     if not wd.is_dir():
         raise MtftError(f"working dir not found: {wd}")
+    secret = sorted(k for k in env or {} if is_secret_env(k))
+    if secret:
+        raise MtftError(f"--env {secret[0]}: secrets do not travel in a job's runtime env (Ray writes it to its "
+                        f"logs); the cluster's nodes take credentials from their own environment or instance "
+                        f"profile")
     env_vars = {k: v for k, v in os.environ.items()
-                if (k in PASS_THROUGH or k.startswith("MTFT_RAY_")) and k not in LOCAL_ONLY}
+                if (k in PASS_THROUGH or k.startswith("MTFT_RAY_")) and k not in LOCAL_ONLY and not is_secret_env(k)}
     env_vars.update(env or {})
-    out: dict = {"working_dir": str(wd), "excludes": list(EXCLUDES), "env_vars": env_vars}
+    out: dict = {"working_dir": str(wd), "excludes": excludes(wd), "env_vars": env_vars}
     if pip:
         out["pip"] = list(pip)
     return out
+
+
+@dataclass(frozen=True)
+class Package:
+    """What Ray uploads as a job's working dir.
+
+    Attributes:
+        root: the working dir.
+        files: ``(path relative to root, bytes)`` of every file that goes, sorted.
+        secrets_left_out: secret-pattern files (and pruned folders, with a ``/``) that stay here.
+        secrets_included: secret-pattern files that go anyway (an ``!`` line of ``.mtftignore``).
+    """
+
+    root: Path
+    files: tuple[tuple[str, int], ...]
+    secrets_left_out: tuple[str, ...]
+    secrets_included: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(n for _, n in self.files)
+
+
+def package(env: dict) -> Package:
+    """The files Ray packs for ``env`` (a :func:`runtime_env`), by Ray's own rules and matcher: one
+    gitignore spec of Ray's default excludes plus ``env["excludes"]`` relative to the working dir,
+    and the ``.gitignore`` (unless ``$RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1``) and ``.rayignore`` of
+    every folder, relative to that folder; a path goes unless one of them matches it, and a
+    matched folder is not entered."""
+    # Ray's own default excludes and the matcher (its vendored pathspec 0.8.1) it packs with
+    from ray._private import ray_constants
+    from ray._private.thirdparty.pathspec import PathSpec
+
+    root = Path(env["working_dir"])
+    include_gitignore = os.environ.get(ray_constants.RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"
+    secret = PathSpec.from_lines("gitwildmatch", SECRET_PATTERNS)
+    files: list[tuple[str, int]] = []
+    left_out: list[str] = []
+    included: list[str] = []
+
+    def matcher(base: Path, lines: list[str]) -> Callable[[Path], bool]:
+        spec = PathSpec.from_lines("gitwildmatch", lines)
+        return lambda p: spec.match_file(str(p.relative_to(base)))
+
+    def travel(path: Path, matchers: list[Callable[[Path], bool]]) -> None:
+        names = (".gitignore", ".rayignore") if include_gitignore else (".rayignore",)
+        here = [matcher(path, (path / n).read_text().splitlines(keepends=True)) for n in names if (path / n).is_file()]
+        matchers = matchers + here
+        rel = str(path.relative_to(root))
+        if any(m(path) for m in matchers):
+            if path.is_dir() and secret.match_file(rel + "/"):
+                left_out.append(rel + "/")
+            elif path.is_file() and secret.match_file(rel):
+                left_out.append(rel)
+            return
+        if path.is_file():
+            files.append((rel, path.stat().st_size))
+            if secret.match_file(rel):
+                included.append(rel)
+        elif path.is_dir():
+            for sub in sorted(path.iterdir()):
+                travel(sub, matchers)
+
+    travel(root, [matcher(root, ray_constants.get_runtime_env_default_excludes() + list(env.get("excludes", [])))])
+    return Package(root, tuple(files), tuple(left_out), tuple(included))
+
+
+def secret_refusal(pkg: Package, allowed: list[str] | None = None) -> str | None:
+    """Why the upload is refused (a secret file would go that ``allowed`` does not name), or None.
+
+    ``allowed`` are paths relative to the working dir, as :func:`package` lists them, or absolute.
+    """
+    ok = {_relative(a, pkg.root) for a in allowed or []}
+    refused = [f for f in pkg.secrets_included if f not in ok]
+    if not refused:
+        return None
+    more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+    return (f"{refused[0]}{more} looks like a secret and would be uploaded ({IGNORE_FILE} re-includes it): "
+            f"pass --allow-secret {refused[0]} to send it anyway, or drop the '!' line")
+
+
+def stray_allowances(pkg: Package, allowed: list[str]) -> list[str]:
+    """The ``allowed`` paths that name no secret file of the package (a typo, a file since removed)."""
+    return [a for a in allowed if _relative(a, pkg.root) not in pkg.secrets_included]
+
+
+def _relative(path: str, root: Path) -> str:
+    p = Path(path)
+    if p.is_absolute() and p.resolve().is_relative_to(root):
+        return str(p.resolve().relative_to(root))
+    return os.path.normpath(path)
+
+
+def format_size(n: float) -> str:
+    """A size for people.
+
+    >>> format_size(812), format_size(1536)
+    ('812 B', '1.5 KiB')
+    """
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"
 
 
 def code_source(working_dir: str | Path) -> str:

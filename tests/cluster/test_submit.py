@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -192,3 +193,59 @@ def test_stop_a_running_job(tmp_path, head):
     assert stop.stdout.strip() in (f"job {job}: STOPPED", f"job {job} already ended: SUCCEEDED")
     follow = mtft("logs", job, "--address", head.address, "--follow", cwd=tmp_path)
     assert (follow.returncode, "STOPPED" in follow.stderr) in ((1, True), (0, False))
+
+
+@pytest.mark.slow
+def test_planted_secrets_never_reach_the_cluster(tmp_path, head):
+    """#16: credentials in the submitting shell and secret files in the working dir leave no trace on
+    the cluster: not in any file of the head's Ray temp dir (session logs, runtime_env_agent.log,
+    the unpacked working dir under runtime_resources), nor in the job's logs. A setting that does
+    travel (the endpoint) is found there: the search would see a leak. What Ray unpacked is exactly
+    the --dry-run listing."""
+    def fake(tag: str) -> str:  # fresh each run: this file is itself uploaded by the checkout's sweep test
+        return f"mtftFAKE{tag}{secrets.token_hex(12)}"
+
+    credentials = {"AWS_SECRET_ACCESS_KEY": fake("secret"), "AWS_ACCESS_KEY_ID": fake("id"),
+               "AWS_SESSION_TOKEN": fake("token")}
+    endpoint = f"http://127.0.0.1:9/{fake('endpoint')}"
+    wd = tmp_path / "wd"
+    files = {".env": f"S3_KEY={fake('dotenv')}", ".aws/credentials": fake("awsfile"), "id_rsa": fake("ssh"),
+             "server.pem": fake("pem"), "credentials.json": fake("json"), "marker-secrets-test.txt": "uploaded on purpose\n"}
+    for rel, text in files.items():
+        (wd / rel).parent.mkdir(parents=True, exist_ok=True)
+        (wd / rel).write_text(text)
+    planted = [*credentials.values(), *(t for rel, t in files.items() if not rel.startswith("marker"))]
+    env = {**credentials, "AWS_ENDPOINT_URL": endpoint}
+
+    dry = mtft("submit", "--dry-run", "--working-dir", str(wd), "--", "--help", cwd=tmp_path, env=env)
+    assert dry.returncode == 0, dry.stderr
+    listed = re.findall(r"^ +\d+(?:\.\d)? (?:B|KiB)  (\S+)$", dry.stdout, re.MULTILINE)
+    assert listed == ["marker-secrets-test.txt"]
+    assert {".env", ".aws/credentials", "id_rsa", "server.pem", "credentials.json"} <= set(dry.stdout.split())
+
+    r = mtft("submit", "--address", head.address, "--follow", "--working-dir", str(wd), "--", "--help",
+             cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    job = re.search(r"submitted job (raysubmit_\w+)", r.stdout).group(1)
+    assert "uploaded:  1 files" in r.stdout and "5 secret files stay here" in r.stdout
+    logs = mtft("logs", job, "--address", head.address, cwd=tmp_path)
+    assert logs.returncode == 0 and "usage: mtft-ray" in logs.stdout
+
+    seen: dict[str, int] = {}
+    searched = 0
+    for p in Path(head.temp_dir).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            data = p.read_bytes()
+            searched += 1
+            for needle in [*planted, endpoint]:
+                seen[needle] = seen.get(needle, 0) + data.count(needle.encode())
+    for text in (r.stdout, r.stderr, logs.stdout, dry.stdout, dry.stderr):
+        for needle in planted:
+            seen[needle] += text.count(needle)
+    assert seen.pop(endpoint) > 0, "the runtime env is logged: the search would find a leak"
+    assert searched > 20 and seen == {needle: 0 for needle in planted}
+
+    unpacked = [d for d in (Path(head.temp_dir) / "session_latest").glob("runtime_resources/working_dir_files/*")
+                if (d / "marker-secrets-test.txt").is_file()]
+    assert len(unpacked) == 1
+    assert sorted(str(f.relative_to(unpacked[0])) for f in unpacked[0].rglob("*") if f.is_file()) == listed
