@@ -36,6 +36,7 @@ from mtft_ray.storage import Storage
 from mtft_ray.tasks.pool import TaskSet, domain_classes, make_tasks, write_manifest
 from mtft_ray.train.distributed import finetune_distributed, open_run_storage, preflight
 from mtft_ray.train.standard import finetune_standard
+from mtft_ray.train.lr_probe import probe_lr, with_lr
 from mtft_ray.train.multitask import EpochStats
 from mtft_ray.train.worker import TrainRun, WorkerData, check_validation_plan, finetune_local, kept_pretrained_warning
 
@@ -105,10 +106,16 @@ class Experiment:
         return self.val.evaluate(model)[0]["acc"]
 
     def finetune_multitask(self, tasks: TaskSet, *, validate: bool = True,
-                           on_epoch: Callable[[dict], None] | None = None) -> TrainRun:
-        """Multitask finetuning in this process, on this experiment's data (the one worker function)."""
+                           on_epoch: Callable[[dict], None] | None = None,
+                           cfg: ExperimentConfig | None = None) -> TrainRun:
+        """Multitask finetuning in this process, on this experiment's data (the one worker function).
+
+        Args:
+            cfg: the experiment's config with its learning rate resolved (default: the experiment's).
+        """
         data = WorkerData(self.store, self.images, self.val if validate else None)
-        return finetune_local(self.cfg, tasks, data, self.device, on_epoch=on_epoch, progress=self.cfg.run.progress)
+        return finetune_local(cfg or self.cfg, tasks, data, self.device, on_epoch=on_epoch,
+                              progress=self.cfg.run.progress)
 
     def describe(self) -> dict:
         return {"store": {"fingerprint": self.store.fingerprint(), "samples": self.store.num_samples,
@@ -150,6 +157,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
     log.info("data: %s", exp.describe())
 
     results, histories, timings, warnings, training = [], {}, {}, list(exp.warnings), {}
+    lr_probe = None
     for w in warnings:
         log.warning(w)
     for method in cfg.methods:
@@ -159,11 +167,17 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
             rows = exp.target.evaluate(model, use_cache=True)
         else:
             if method == "multitask":
+                run_cfg = cfg
+                if cfg.finetune.lr == "auto":
+                    lr_probe = probe_lr(cfg, tasks, WorkerData(exp.store, exp.images, exp.val), exp.device,
+                                        progress=cfg.run.progress)
+                    run_cfg = with_lr(cfg, lr_probe["chosen"])
+                    log.info("finetune.lr=auto: probe chose %g: %s", lr_probe["chosen"], lr_probe["candidates"])
                 if distributed:  # best checkpoint from storage
-                    run = finetune_distributed(cfg, tasks, storage, callbacks=train_callbacks)
+                    run = finetune_distributed(run_cfg, tasks, storage, callbacks=train_callbacks)
                     atomic_write_json(out / "multitask_run.json", run.summary())
                 else:  # the same worker function, in this process
-                    run = exp.finetune_multitask(tasks, on_epoch=on_epoch)
+                    run = exp.finetune_multitask(tasks, on_epoch=on_epoch, cfg=run_cfg)
                 state, hist, st = run.best_state, run.history, run.state
                 training[method] = {"best_epoch": st.best_epoch, "best_step": st.best_step,
                                     "global_step": st.global_step, "stopped_early": st.stopped_early}
@@ -190,7 +204,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
     result = {
         "config_hash": digest, "M": len(tasks), "m": tasks.m, "selection": selection, "manifest": str((out / "manifest.json").resolve()),
         "protocol": protocol(cfg), "results": results, "warnings": warnings, "diagnosis": diagnosis,
-        "training": training, "histories": histories,
+        "training": training, "lr_probe": lr_probe, "histories": histories,
         "seconds": {**timings, "total": round(time.perf_counter() - t_start, 2)}, **exp.describe(),
     }
     atomic_write_json(out / "result.json", result)

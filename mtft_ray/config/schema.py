@@ -140,12 +140,30 @@ class TaskConfig(_Strict):
 class FinetuneConfig(_Strict):
     """Multitask finetuning (the paper's Algorithm 2)."""
 
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v <= 0:
+            raise ValueError(f"finetune.lr must be > 0 or 'auto', got {v}")
+        return v
+
+    @field_validator("lr_candidates")
+    @classmethod
+    def _candidates(cls, v: list[float]) -> list[float]:
+        if min(v) <= 0 or len(set(v)) != len(v):
+            raise ValueError(f"finetune.lr_candidates must be distinct rates > 0, got {v}")
+        return v
+
     epochs: int = Field(2, ge=1, json_schema_extra=RESUME_SAFE)  # a finished run may be extended
     tasks_per_step: int = Field(1, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     # measured on glyphs (120 tasks, 1 epoch, validation 5-way 1-shot; pretrained 77%):
-    # 1e-4 -> 95%, 3e-4 -> 92%, 1e-3 -> 63% (and 84% with BN statistics left training)
-    lr: float = Field(1e-4, gt=0)
+    # 1e-4 -> 95%, 3e-4 -> 92%, 1e-3 -> 63% (and 84% with BN statistics left training).
+    # "auto": a short probe of each lr_candidates rate (lr_probe_steps steps from the pretrained
+    # weights, scored on validation) picks the rate; result.json records the probe
+    lr: float | Literal["auto"] = 1e-4
+    lr_candidates: list[float] = Field(default_factory=lambda: [1e-5, 3e-5, 1e-4, 3e-4], min_length=1)
+    lr_probe_steps: int = Field(100, ge=1)
     lr_temperature: float = Field(1e-2, ge=0)  # with temperature_group: own
     # the temperature's optimizer group: its own (at lr_temperature, no weight decay, so tau can move)
     # or the backbone's (at lr, as the paper's code does: tau stays near its initial value)

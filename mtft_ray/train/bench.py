@@ -101,6 +101,8 @@ def bench_train(cfg: ExperimentConfig, steps: int = 20, warmup: int = 3, *, rgb:
         raise MtftError(f"bench train needs steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     device = _device(cfg)
     ft, tc, size = cfg.finetune, cfg.tasks, cfg.data.image_size
+    if ft.lr == "auto":  # the rate does not change the speed
+        ft = ft.model_copy(update={"lr": ft.lr_candidates[0]})
     rgb = cfg.data.source != "glyphs" if rgb is None else rgb
     torch.manual_seed(ft.seed)
     load_before = os.getloadavg()[0]

@@ -183,6 +183,8 @@ def run_worker(cfg: ExperimentConfig, tasks: TaskSet, data: WorkerData, *, rank:
         progress: progress bars for the epochs' steps.
     """
     t, ft = cfg.train, cfg.finetune
+    if ft.lr == "auto":
+        raise MtftError("finetune.lr is 'auto': resolve it with mtft_ray.train.lr_probe.probe_lr before training")
     b = cfg.backbone
     backbone = create_backbone(b.name, b.weights, b.weights_path)
     torch.manual_seed(ft.seed)  # after the backbone: the head, dropout and the loop see the same RNG on any path

@@ -23,6 +23,7 @@ from mtft_ray.evaluation.evaluate import EpisodeEvaluator, validation_evaluator,
 from mtft_ray.models.backbones import create_backbone
 from mtft_ray.tasks.pool import make_tasks
 from mtft_ray.train.loss import PrototypeHead
+from mtft_ray.train.lr_probe import probe_lr, with_lr
 from mtft_ray.train.multitask import EpisodicModel, epoch_steps, param_groups
 from mtft_ray.train.worker import WorkerData, check_validation_plan, finetune_local, run_worker, validation_spans
 
@@ -195,3 +196,29 @@ def test_a_run_where_finetuning_hurts_says_why_and_keeping_the_pretrained_weight
     assert acc["multitask"] == acc["direct"] and doc["diagnosis"] is None
     assert "WARNING: multitask: no finetuned epoch beat the pretrained weights" in kept.stdout
     assert yaml.safe_load((tmp_path / "kept" / "config.yaml").read_text())["finetune"]["keep_pretrained"] is True
+
+
+def test_lr_auto_probes_each_candidate_from_the_pretrained_weights_and_picks_the_best_on_validation():
+    cfg, tasks, data = _setup(lr="auto", lr_candidates=[5.0, 1e-3, 0.1], lr_probe_steps=4)
+    real = data.val
+    for curve, chosen in (([0.7, 0.5, 0.2], 1e-3), ([0.2, 0.5, 0.7], 5.0), ([0.6, 0.6, 0.2], 1e-3)):
+        data.val = ScriptedValidation(real, curve)  # one validation per candidate, lowest rate first
+        probe = probe_lr(cfg, tasks, data, torch.device("cpu"))
+        assert [r["lr"] for r in probe["candidates"]] == [1e-3, 0.1, 5.0] and probe["chosen"] == chosen
+        assert probe["steps"] == 4 and data.val.calls == 3  # no epoch-0 validation inside the probe
+    data.val = real
+    first, again = (probe_lr(cfg, tasks, data, torch.device("cpu")) for _ in range(2))
+    assert [r["train_acc"] for r in first["candidates"]] == [r["train_acc"] for r in again["candidates"]]  # seeded
+    with pytest.raises(MtftError, match="finetune.lr is 'auto': resolve it"):
+        _reports(cfg, tasks, data)
+    data.val = None
+    with pytest.raises(MtftError, match="finetune.lr is 'auto' but the split has no validation classes"):
+        probe_lr(cfg, tasks, data, torch.device("cpu"))
+    assert with_lr(cfg, 3e-5).finetune.lr == 3e-5 and cfg.finetune.lr == "auto"
+
+
+@pytest.mark.parametrize(("value", "message"), [(0, "finetune.lr must be > 0 or 'auto', got 0"),
+                                                ("fast", "finetune.lr")])
+def test_a_bad_lr_is_a_config_error(value, message):
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig.model_validate({"finetune": {"lr": value}})
