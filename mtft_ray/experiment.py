@@ -28,7 +28,7 @@ from mtft_ray.data.store import SampleStore
 from mtft_ray.errors import MtftError
 from mtft_ray.evaluation.evaluate import EpisodeEvaluator, validation_evaluator, validation_warnings
 from mtft_ray.evaluation.features import FeatureCache, embed
-from mtft_ray.io import atomic_write_json
+from mtft_ray.io import atomic_torch_save, atomic_write_json
 from mtft_ray.models.backbones import create_backbone
 from mtft_ray.selection.apply import Chosen, SelectionData, choose_tasks, target_domain_classes
 from mtft_ray.selection.metrics import consistency, task_means
@@ -78,6 +78,7 @@ class Experiment:
         self.val = validation_evaluator(cfg, self.store, self.split.val, device=self.device, cache=self.cache,
                                         progress=cfg.run.progress)
         self.warnings = validation_warnings(cfg, self.store, self.split.val)
+        self.warnings += self.split.short_class_warnings(self.store, cfg)
 
     def target_evaluator(self, domain: str | None) -> EpisodeEvaluator:
         """Episodes on the whole target split, or on one held-out target domain."""
@@ -137,7 +138,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").unlink(missing_ok=True)  # a stale result must not look like this run's
+    for stale in ("result.json", "scores.json"):  # a stale result must not look like this run's
+        (out / stale).unlink(missing_ok=True)
     digest = save_resolved(cfg, out)
     distributed = bool(cfg.train.workers) and "multitask" in cfg.methods
     if distributed:
@@ -157,7 +159,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
     log.info("data: %s", exp.describe())
 
     results, histories, timings, warnings, training = [], {}, {}, list(exp.warnings), {}
-    lr_probe = None
+    lr_probe, checkpoints = None, {}
     for w in warnings:
         log.warning(w)
     for method in cfg.methods:
@@ -192,10 +194,15 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
                 warnings.append(warning)
                 log.warning(warning)
             rows = exp.target.evaluate(model)
-            torch.save(state, out / f"{method}.pt")
         timings[method] = round(time.perf_counter() - t0, 2)
         results += [{"method": method, **r} for r in rows]
         log.info("%s done in %.1fs: %s", method, timings[method], rows)
+        kept = keep_scores(out, results)  # the small file first: a full disk loses no accuracy
+        if method != "direct":
+            try:
+                checkpoints[method] = {"file": f"{method}.pt", **atomic_torch_save(state, out / f"{method}.pt")}
+            except MtftError as e:
+                raise MtftError(f"{e}; {kept}") from None
 
     diagnosis = finetuning_hurt(results, histories.get("multitask"), tasks, exp, pretrained)
     if diagnosis:
@@ -204,11 +211,23 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
     result = {
         "config_hash": digest, "M": len(tasks), "m": tasks.m, "selection": selection, "manifest": str((out / "manifest.json").resolve()),
         "protocol": protocol(cfg), "results": results, "warnings": warnings, "diagnosis": diagnosis,
-        "training": training, "lr_probe": lr_probe, "histories": histories,
+        "training": training, "lr_probe": lr_probe, "checkpoints": checkpoints, "histories": histories,
         "seconds": {**timings, "total": round(time.perf_counter() - t_start, 2)}, **exp.describe(),
     }
     atomic_write_json(out / "result.json", result)
+    (out / "scores.json").unlink(missing_ok=True)  # result.json holds them now
     return result
+
+
+def keep_scores(out: Path, results: list[dict]) -> str:
+    """Write the accuracies so far to the small ``scores.json`` (before any large file); returns
+    where they are, with the numbers themselves when even that file could not be written."""
+    text = ", ".join(f"{r['method']} {r['n_shot']}-shot {100 * r['acc']:.2f} ± {100 * r['ci95']:.2f}%" for r in results)
+    try:
+        atomic_write_json(out / "scores.json", {"complete": False, "results": results})
+    except MtftError:
+        return f"accuracies computed so far (not saved): {text}"
+    return f"accuracies computed so far are in {out / 'scores.json'}: {text}"
 
 
 def protocol(cfg: ExperimentConfig) -> dict:

@@ -26,6 +26,7 @@ import pyarrow.fs as pafs
 
 from mtft_ray.config.schema import StorageConfig
 from mtft_ray.errors import MtftError
+from mtft_ray.io import atomic_write_bytes
 
 
 def parse_storage_path(path: str) -> tuple[str, str]:
@@ -107,9 +108,12 @@ class Storage:
             return f.read()
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Write one object whole or not at all: locally a temporary file renamed over the name
+        (a full disk is one MtftError line), on S3 a single PUT (the object appears complete)."""
         path = self.path(*parts)
         if self.scheme == "local":
-            self.filesystem.create_dir(str(PurePosixPath(path).parent), recursive=True)
+            atomic_write_bytes(path, data)
+            return
         with self.filesystem.open_output_stream(path) as f:
             f.write(data)
 

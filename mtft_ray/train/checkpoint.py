@@ -6,6 +6,7 @@ A checkpoint directory (one per epoch, reported through ``ray.train.report``)::
     state.json        epoch, global step, history, best epoch, resumes (rank 0)
     manifest.json     the exact tasks of the run (rank 0)
     rng/rank<r>.pt    each rank's torch / numpy / python RNG state
+    digests.json      size and sha256 of model.pt and state.json, checked before a resume (rank 0)
     torch_state.pt    ddp: model + optimizer (rank 0; every rank holds the same)
     deepspeed/        deepspeed: every rank's ZeRO shard, written by the engine
 
@@ -27,8 +28,11 @@ import torch
 from torch import nn
 
 from mtft_ray.errors import MtftError
+from mtft_ray.io import file_digest, verify_digest
 from mtft_ray.train.collective import barrier
 from mtft_ray.train.strategies import Strategy
+
+DIGESTS = "digests.json"
 
 
 def epoch_score(epoch: int, val_acc: float | None) -> float:
@@ -129,6 +133,8 @@ def save_checkpoint(directory: Path, strategy: Strategy, backbone: nn.Module, st
         (directory / "state.json").write_text(json.dumps(state.to_json()))
         if manifest is not None:
             (directory / "manifest.json").write_text(manifest)
+        digests = {name: file_digest(directory / name) for name in ("model.pt", "state.json")}
+        (directory / DIGESTS).write_text(json.dumps(digests))  # checked before a resume loads them
     barrier()
 
 
@@ -137,6 +143,11 @@ def load_checkpoint(directory: Path, strategy: Strategy, rank: int) -> TrainStat
     directory = Path(directory)
     if not (directory / "state.json").is_file():
         raise MtftError(f"{directory} is not an mtft-ray training checkpoint (no state.json)")
+    if (directory / DIGESTS).is_file():
+        for name, expected in json.loads((directory / DIGESTS).read_text()).items():
+            bad = verify_digest(directory / name, expected)
+            if bad:
+                raise MtftError(f"checkpoint damaged, not resuming from it: {bad}")
     state = TrainState.from_json(json.loads((directory / "state.json").read_text()))
     strategy.load(directory)
     rng = directory / "rng" / f"rank{rank}.pt"
