@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mtft_ray.config.load import save_resolved
-from mtft_ray.config.schema import ExperimentConfig
+from mtft_ray.config.schema import ExperimentConfig, StorageConfig
 from mtft_ray.data.load import cache_root, load_store
 from mtft_ray.data.splits import ClassSplit, split_classes
 from mtft_ray.data.store import SampleStore
@@ -32,7 +32,8 @@ from mtft_ray.io import atomic_torch_save, atomic_write_json
 from mtft_ray.models.backbones import create_backbone
 from mtft_ray.selection.apply import Chosen, SelectionData, choose_tasks, target_domain_classes
 from mtft_ray.selection.metrics import consistency, task_means
-from mtft_ray.storage import Storage
+from mtft_ray.lock import FolderLock
+from mtft_ray.storage import Storage, open_storage
 from mtft_ray.tasks.pool import TaskSet, domain_classes, make_tasks, write_manifest
 from mtft_ray.train.distributed import finetune_distributed, open_run_storage, preflight
 from mtft_ray.train.standard import finetune_standard
@@ -138,6 +139,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Stora
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(open_storage(StorageConfig(path=str(out))), "run"):  # a second run here exits naming this one
+        return _run_experiment(cfg, out, storage, on_epoch, train_callbacks)
+
+
+def _run_experiment(cfg: ExperimentConfig, out: Path, storage: Storage | None, on_epoch: Callable[[dict], None] | None,
+                    train_callbacks: Sequence) -> dict:
     for stale in ("result.json", "scores.json"):  # a stale result must not look like this run's
         (out / stale).unlink(missing_ok=True)
     digest = save_resolved(cfg, out)
