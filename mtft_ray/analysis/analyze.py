@@ -108,7 +108,8 @@ def summary(a: Analysis) -> str:
     """A few lines for the terminal: statuses, best, correlations, fit, recommendation, files."""
     d = a.data
     counts = ", ".join(f"{n} {s}" for s, n in status_counts(d).items()) or "none"
-    lines = [(f"{d.name}: {len(d.trials)} trials ({counts}); sweep {'ended' if d.ended else 'running'}; "
+    state = "ended" if d.ended else f"interrupted ({d.interrupted})" if d.interrupted else "running"
+    lines = [(f"{d.name}: {len(d.trials)} trials ({counts}); sweep {state}; "
               f"metric {d.metric} ({d.mode})")]
     if "warnings" in d.trials:
         for t in d.trials[d.trials["warnings"].notna()].itertuples():

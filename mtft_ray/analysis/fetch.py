@@ -30,7 +30,7 @@ from mtft_ray.errors import MtftError
 from mtft_ray.storage import endpoint_url, parse_storage_path, s3_filesystem
 
 WANTED = ("sweep.json", "trials.csv", "experiment_state-*.json", "params.json", "result.json", "error.txt",
-          "config.yaml")  # file names the analysis reads; everything else stays remote
+          "config.yaml", "driver.json")  # file names the analysis reads; everything else stays remote
 MAX_DEPTH = 3  # sweep/trial/run/file
 
 

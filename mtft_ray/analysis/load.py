@@ -4,14 +4,22 @@ Reads only JSON, YAML and CSV files, never Tune's pickles, so a sweep can be ana
 runs and without Ray. Each trial folder's ``result.json`` holds one JSON line per report; the
 last line carrying the sweep's metric (``acc_1shot``) holds the final metrics, earlier lines
 may be per-epoch reports (``epoch``, ``val_acc``). A line cut off mid-write is skipped and
-named in :attr:`SweepData.problems`.
+named in :attr:`SweepData.problems` when a later line holds the final metrics, or while the
+trial may still be writing it; otherwise the trial is ``corrupt``.
+
+The sweep is *interrupted* when it has no ``trials.csv`` and its driver is gone: ``driver.json``
+names a pid that is dead on this host, or its heartbeat is older than :data:`STALE_S`.
 
 Status of a trial, first rule that applies:
 
 ==================  ===========================================================================
+``corrupt``         its ``result.json`` cannot be read, or holds a line that is not a JSON
+                    object (cut off mid-write) and no final report after it, unless the trial
+                    may still be writing that last line; the note says which file and why
 ``finished``        a report carries the metric (even beside the error.txt of a failed earlier
                     attempt), unless Tune says ERROR
 ``errored``         ``error.txt`` in its folder, or Tune / ``trials.csv`` say ERROR
+``interrupted``     the sweep is interrupted and Tune did not end the trial: rerunning resumes it
 ``running``         Tune's state says RUNNING / PAUSED (or PENDING, ``pending`` if no folder yet)
 ``stopped early``   ``trials.csv`` says STOPPED, or the sweep is over (``trials.csv`` written) or
                     Tune says TERMINATED and the trial reported without the metric: the
@@ -29,7 +37,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +50,14 @@ import yaml
 
 from mtft_ray.analysis.fetch import Location
 from mtft_ray.errors import MtftError
-from mtft_ray.sweep.schema import apply_params, flag_name
+from mtft_ray.sweep.schema import DRIVER_FILE, HEARTBEAT_S, apply_params, flag_name
 
-STATUSES = ("finished", "stopped early", "running", "pending", "incomplete", "errored")
+STATUSES = ("finished", "stopped early", "running", "pending", "incomplete", "interrupted", "errored", "corrupt")
 CONFIG_KEYS = ("selection.strategy", "selection.target_domain", "backbone.name", "tasks.M", "tasks.n_way",
                "tasks.n_shot", "tasks.n_query", "finetune.lr", "finetune.epochs")
 TRIAL_FILES = ("params.json", "result.json", "error.txt")
 STATE_NEWER_S = 60.0  # Tune's state this much newer than trials.csv: the sweep was resumed and runs again
+STALE_S = 10 * HEARTBEAT_S  # a driver heartbeat this old: the driver is gone
 _ACC = re.compile(r"^(?:(\w+?)_)?(acc|ci95)_(\d+)shot$")
 _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")
 
@@ -60,7 +72,10 @@ class SweepData:
         metric, mode: what the search optimised (``acc_1shot``, ``max``).
         space: searched key → its distribution as stored in ``sweep.json`` (``{"choice": [...]}``, ...).
         base: the resolved base experiment (``{}`` without ``sweep.json``).
-        ended: the sweep ended (``trials.csv`` written and not resumed since).
+        ended: the sweep is not running: ``trials.csv`` written and not resumed since, or it was
+            interrupted.
+        interrupted: why the sweep is known to have stopped without ``trials.csv`` (its driver
+            is gone); ``None`` when it ended, runs, or no ``driver.json`` tells.
         trials: one row per trial (see :func:`load_sweep_dir`).
         problems: what could not be read, one line each.
     """
@@ -74,6 +89,7 @@ class SweepData:
     ended: bool
     trials: pd.DataFrame
     problems: list[str] = field(default_factory=list)
+    interrupted: str | None = None
 
     @property
     def params(self) -> list[str]:
@@ -111,22 +127,55 @@ def read_json(path: Path, problems: list[str], what: str) -> Any:
         return None
 
 
-def read_reports(path: Path, problems: list[str], trial: str) -> list[dict]:
-    """The JSON lines of a trial's ``result.json``; truncated or invalid lines are skipped and noted."""
+def _parse_reports(path: Path) -> tuple[list[dict], str | None, bool]:
+    """The JSON-object lines of a trial's ``result.json``; what is wrong with it (or ``None``); and
+    whether that is only its last line, cut off without a newline (a write that may be in progress)."""
     if not path.is_file():
-        return []
-    records = []
-    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        return [], None, False
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return [], f"cannot be read ({e.strerror if isinstance(e, OSError) else e})", False
+    records, bad, lines = [], None, text.splitlines()
+    for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except ValueError:
-            problems.append(f"trial {trial}: result.json line {i} is truncated or invalid (partly written?); skipped")
+        except ValueError as e:
+            bad = bad or f"line {i} is truncated or invalid ({str(e)[:80]})"
             continue
         if isinstance(rec, dict):
             records.append(rec)
-    return records
+        else:
+            bad = bad or f"line {i} is not a JSON object"
+    partial = bad is not None and bad.startswith(f"line {len(lines)} is truncated") and not text.endswith("\n")
+    return records, bad, partial
+
+
+def _driver_gone(folder: Path, problems: list[str]) -> str | None:
+    """Why the sweep's driver is known to be gone (``driver.json``: a dead pid on this host, or a stale
+    heartbeat), else ``None``."""
+    doc = read_json(folder / DRIVER_FILE, problems, "sweep")
+    if not isinstance(doc, dict):
+        return None
+    pid, host, beat = doc.get("pid"), doc.get("host"), doc.get("heartbeat", doc.get("started"))
+    who = f"its driver (pid {pid} on {host})"
+    if host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+        return f"{who} is gone"
+    if isinstance(beat, (int, float)) and time.time() - beat > STALE_S:
+        return f"{who} last wrote a heartbeat {(time.time() - beat) / 60:.0f} min ago"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, another user's
+        return True
+    return True
 
 
 def _tune_state(folder: Path, problems: list[str]) -> tuple[dict[str, dict], float | None]:
@@ -177,11 +226,14 @@ def _trial_config(folder: Path, base: dict, params: dict) -> dict:
     return apply_params(base, params)
 
 
-def _status(*, error: bool, final: bool, reports: int, tune: str | None, ended: bool, has_folder: bool) -> str:
+def _status(*, error: bool, final: bool, reports: int, tune: str | None, ended: bool, has_folder: bool,
+            interrupted: bool = False) -> str:
     if final and tune != "ERROR":  # error.txt of an earlier attempt stays when a retry finishes
         return "finished"
     if error or tune == "ERROR":
         return "errored"
+    if interrupted and tune != "TERMINATED":
+        return "interrupted"
     if tune in ("RUNNING", "PAUSED") or (tune == "PENDING" and has_folder):
         return "running"
     if tune == "PENDING":
@@ -241,6 +293,7 @@ def _note(status: str, folder: Path, csv_row: dict | None, reports: int, metric:
     return {"stopped early": f"stopped after {reports} report(s) without {metric} (scheduler)",
             "running": f"{reports} report(s) so far",
             "incomplete": "never reported (interrupted; rerunning the sweep resumes it)",
+            "interrupted": f"{reports} report(s), then the sweep's driver stopped; rerunning the sweep resumes it",
             "pending": "waiting for resources"}.get(status)
 
 
@@ -266,7 +319,7 @@ def _trial_row(loc: Location, rel: str, data: SweepData, tune: dict, csv_row: di
     folder = loc.local / rel
     m = _TRIAL_ID.search(rel)
     trial = tune.get("trial_id") or (csv_row or {}).get("trial_id") or (m.group(1) if m else rel)
-    reports = read_reports(folder / "result.json", data.problems, trial)
+    reports, bad, partial = _parse_reports(folder / "result.json")
     params = _trial_params(folder, reports, tune, csv_row, data, trial) or {}
     finals = [r for r in reports if r.get(data.metric) is not None]
     final = dict(finals[-1]) if finals else {}
@@ -274,7 +327,13 @@ def _trial_row(loc: Location, rel: str, data: SweepData, tune: dict, csv_row: di
         final = {k: _number(v) for k, v in csv_row.items()}  # a trials.csv row with no folder left
     status = _status(error=(folder / "error.txt").is_file() or (csv_row or {}).get("status") == "ERROR",
                      final=bool(final), reports=len(reports), tune=tune.get("status"), ended=data.ended,
-                     has_folder=folder.is_dir())
+                     has_folder=folder.is_dir(), interrupted=data.interrupted is not None)
+    if bad and (status == "finished" or (status == "running" and partial)):  # or its last line is being written
+        data.problems.append(f"trial {trial}: result.json {bad} (partly written?); skipped")
+    elif bad:
+        status = "corrupt"
+        data.problems.append(f"trial {trial}: result.json {bad}: the trial is corrupt "
+                             f"({loc.address(f'{rel}/result.json')})")
     cfg = _trial_config(folder, data.base, params)
     row: dict[str, Any] = {"trial_id": trial, "status": status}
     row.update({k: params.get(k, _get(cfg, k)) for k in dict.fromkeys([*data.space, *CONFIG_KEYS])})
@@ -295,7 +354,8 @@ def _trial_row(loc: Location, rel: str, data: SweepData, tune: dict, csv_row: di
     row["checkpoint"] = loc.address(f"{rel}/run/{ckpt}") if ckpt and loc.has_file(f"{rel}/run/{ckpt}") else None
     if ckpt and row["checkpoint"] is None:
         data.problems.append(f"trial {trial}: its checkpoint {ckpt} is not in the sweep folder")
-    row["note"] = _note(status, folder, csv_row, len(reports), data.metric)
+    row["note"] = (f"corrupt: {loc.address(f'{rel}/result.json')}: {bad}" if status == "corrupt"
+                   else _note(status, folder, csv_row, len(reports), data.metric))
     row["trial_dir"] = rel
     _subset_columns(row, data)
     return row
@@ -314,6 +374,8 @@ def _subset_columns(row: dict[str, Any], data: SweepData) -> None:
 def _csv_status(row: dict, csv_row: dict | None) -> dict:
     """What ``trials.csv`` (the sweep's final word) says of a trial without a result: ERROR or STOPPED."""
     said = (csv_row or {}).get("status")
+    if row["status"] == "corrupt":
+        return row
     if row["status"] != "finished" and said == "ERROR":
         row.update(status="errored", note=row["note"] or csv_row.get("error"))
     elif row["status"] != "finished" and said == "STOPPED":
@@ -355,8 +417,10 @@ def load_sweep_dir(loc: Location) -> SweepData:
     tune, state_mtime = _tune_state(folder, problems)
     csv_path = folder / "trials.csv"
     ended = csv_path.is_file() and not (state_mtime and state_mtime > csv_path.stat().st_mtime + STATE_NEWER_S)
+    gone = None if ended else _driver_gone(folder, problems)
     data = SweepData(loc, _get(meta, "sweep.name") or loc.name, search.get("metric", "acc_1shot"),
-                     search.get("mode", "max"), space, meta.get("base") or {}, ended, pd.DataFrame(), problems)
+                     search.get("mode", "max"), space, meta.get("base") or {}, ended or gone is not None,
+                     pd.DataFrame(), problems, gone)
     csv_rows = _csv_rows(csv_path)
     rels = list(dict.fromkeys([*trial_dirs, *(r for r, t in tune.items() if t.get("status") == "PENDING")]))
     rows = [_trial_row(loc, rel, data, tune.get(rel, {}), None) for rel in rels]

@@ -122,8 +122,9 @@ def _trials_table(data: SweepData) -> list[Block]:
              r.get("diversity"), r.get("consistency"), r.get("M"), r.get("m"), pct(r.get("val_acc")),
              r.get("seconds")] for _, r in shown.iterrows()]
     legend = (f"Status: `finished` reported {data.metric}; `stopped early` reported without it and the scheduler "
-              f"ended it; `incomplete` never reported before the sweep stopped; `running` / `pending` are still "
-              f"going or waiting; `errored` raised (error.txt).")
+              f"ended it; `incomplete` never reported before the sweep stopped; `interrupted` was cut off when the "
+              f"sweep's driver stopped; `running` / `pending` are still going or waiting; `errored` raised "
+              f"(error.txt); `corrupt`: its result.json cannot be read, so its result is unknown.")
     blocks: list[Block] = [("p", legend)]
     if rows:
         more = f" (best {MAX_TABLE_ROWS} of {len(order)}; all in trials.csv)" if len(order) > MAX_TABLE_ROWS else ""
@@ -139,8 +140,11 @@ def _trials_table(data: SweepData) -> list[Block]:
 
 def _best(data: SweepData) -> list[Block]:
     f = data.finished()
+    corrupt = data.trials[data.trials["status"] == "corrupt"] if not data.trials.empty else data.trials
+    caveat = [("p", (f"**{len(corrupt)} corrupt trial(s)** are left out, so the best of them is unknown and may "
+                     f"beat the one below:")), ("list", list(corrupt["note"]))] if len(corrupt) else []
     if f.empty:
-        return [("p", "No trial has finished, so there is no best configuration yet.")]
+        return [("p", "No trial has finished, so there is no best configuration yet."), *caveat]
     r = f.loc[f[data.metric].idxmax() if data.mode == "max" else f[data.metric].idxmin()]
     shots = [c for c in f.columns if re.fullmatch(r"acc_\d+shot", c) and c != data.metric and pd.notna(r.get(c))]
     rows = [["trial", r["trial_id"]], *([k, r.get(k)] for k in data.params), [data.metric, _acc_ci(r, data)],
@@ -150,7 +154,7 @@ def _best(data: SweepData) -> list[Block]:
             ["diversity, consistency", f"{_cell(r.get('diversity'))}, {_cell(r.get('consistency'))}"],
             ["best validation accuracy", pct(r.get("val_acc"))], ["time", f"{_cell(r.get('seconds'))} s"],
             ["checkpoint", f"`{r['checkpoint']}`" if r.get("checkpoint") else "not found in the sweep folder"]]
-    return [("table", (["", "value"], rows))]
+    return [*caveat, ("table", (["", "value"], rows))]
 
 
 def _correlations(data: SweepData, corr: list[Correlation]) -> list[Block]:
@@ -223,7 +227,8 @@ def build_report(data: SweepData, corr: list[Correlation], fit: Fit, importance:
                  files: list[str]) -> list[Block]:
     """The report's blocks, top to bottom."""
     counts = ", ".join(f"{n} {s}" for s, n in status_counts(data).items()) or "none"
-    state = "ended" if data.ended else "still running (or interrupted: no trials.csv yet)"
+    state = (f"interrupted ({data.interrupted}; rerun the same `mtft-ray sweep` command to resume)" if data.interrupted
+             else "ended" if data.ended else "still running (or interrupted: no trials.csv yet)")
     blocks: list[Block] = [
         ("h1", f"Sweep analysis: {data.name}"),
         ("p", (f"Sweep `{data.location.uri}`, {state}; metric `{data.metric}` ({data.mode}). "

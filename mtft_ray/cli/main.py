@@ -41,6 +41,19 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
+def _out_dir(path: str | Path) -> Path:
+    """An output folder: it, or the first of its parents that exists, must be a folder.
+
+    Raises:
+        MtftError: ``--out`` names a file (or a folder inside one).
+    """
+    out = Path(path)
+    there = next((p for p in (out, *out.parents) if p.exists()), None)
+    if there is not None and not there.is_dir():
+        raise MtftError(f"--out {out}: {there} is a file, not a folder")
+    return out
+
+
 def _load(ns: argparse.Namespace, extra_overrides: list[str] = ()):
     """The experiment config named by ``[CONFIG] [key=value ...]``, plus flag-derived overrides."""
     path, overrides = _split_args(ns.args)
@@ -61,7 +74,7 @@ def format_table(results: list[dict]) -> str:
 def _cmd_run(ns: argparse.Namespace) -> int:
     extra = [f"train.workers={ns.workers}"] if ns.workers is not None else []
     cfg = _load(ns, extra + (["train.use_gpu=true"] if ns.gpu else []))
-    out = Path(ns.out or f"runs/{cfg.name}")
+    out = _out_dir(ns.out or f"runs/{cfg.name}")
     if ns.dry_run:
         return _dry_run(cfg, out)
     from mtft_ray.experiment import run_experiment
@@ -111,6 +124,7 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
     from mtft_ray.experiment import Experiment
 
     cfg = _load(ns)
+    out = _out_dir(ns.out or f"runs/{cfg.name}-eval")  # before the evaluation, not after
     exp = Experiment(cfg)
     model = exp.backbone()
     method = "direct"
@@ -124,7 +138,6 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
             raise MtftError(f"checkpoint {ckpt} does not fit backbone {cfg.backbone.name}: {str(e)[:200]}") from None
         method = ckpt.stem
     rows = [{"method": method, **r} for r in exp.target.evaluate(model, use_cache=not ns.checkpoint)]
-    out = Path(ns.out or f"runs/{cfg.name}-eval")
     atomic_write_json(out / "evaluation.json", {"checkpoint": ns.checkpoint, "results": rows, **exp.describe()})
     print(format_table(rows))
     print(f"\nwrote {out / 'evaluation.json'}")
@@ -135,7 +148,7 @@ def _cmd_select(ns: argparse.Namespace) -> int:
     from mtft_ray.ablation import format_ablation, run_ablation, run_selection
 
     cfg = _load(ns)
-    out = Path(ns.out or f"runs/{cfg.name}-{'ablation' if ns.ablation else 'selection'}")
+    out = _out_dir(ns.out or f"runs/{cfg.name}-{'ablation' if ns.ablation else 'selection'}")
     if ns.ablation:
         doc = run_ablation(cfg, out)
         print(format_ablation(doc))
@@ -286,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parse_args``, except that ``[CONFIG] [key=value ...]`` may also come after an option
+    (``run sweeps/tiny.yaml --no-progress tasks.M=10``): argparse leaves such words over, and
+    they join the subcommand's CONFIG and overrides, in order."""
+    ns, extra = parser.parse_known_args(argv)
+    words = [a for a in extra if not a.startswith("-")]
+    if words and isinstance(getattr(ns, "args", None), list) and len(words) == len(extra):
+        ns.args += words
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return ns
+
+
 def local_ray_env() -> None:
     """Without ``$RAY_ADDRESS`` a command starts its own local Ray: keep its every port on
     127.0.0.1 and skip the auth token. Ray reads these when imported, so this runs first; set
@@ -297,7 +323,7 @@ def local_ray_env() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     local_ray_env()
-    ns = build_parser().parse_args(argv)
+    ns = parse_args(build_parser(), argv)
     logging.basicConfig(level=os.environ.get("MTFT_RAY_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     try:
         return ns.fn(ns)

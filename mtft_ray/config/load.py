@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,20 @@ from pydantic import BaseModel, ValidationError
 from mtft_ray.config.schema import ExperimentConfig, format_validation_error
 from mtft_ray.errors import MtftError
 
+_SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e10, 1.5e3: YAML 1.1 reads them as text
+
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"finetune.lr=1e-4"`` → ``(["finetune", "lr"], 1e-4)``; the value is parsed as YAML."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise MtftError(f"override {item!r} is not of the form key.path=value")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise MtftError(f"override {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if isinstance(value, str) and _SCI.fullmatch(value):
+        value = float(value)
     return key.strip().split("."), value
 
 
@@ -63,9 +71,14 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise MtftError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise MtftError(f"{path}: not valid YAML: {e}") from None
+        raise MtftError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError as e:
+        raise MtftError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                        f"save the config as UTF-8") from None
+    except OSError as e:
+        raise MtftError(f"{path}: cannot be read: {e.strerror or e}") from None
     if not isinstance(raw, dict):
         raise MtftError(f"{path}: the top level must be a mapping of sections")
     return raw

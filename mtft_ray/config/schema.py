@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mtft_ray.config.sources import options_model
 from mtft_ray.errors import MtftError
@@ -30,6 +30,14 @@ def format_validation_error(e: ValidationError) -> str:
             msg = err["msg"].removeprefix("Value error, ")
             parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
+
+
+def plain_name(v: str) -> str:
+    """``v`` if it can name a folder under ``runs/`` (no path separators, not ``.``/``..``)."""
+    if v in ("", ".", "..") or not all(c.isascii() and (c.isalnum() or c in "._-") for c in v):
+        raise ValueError(f"{v!r} is not a plain name (letters, digits and . _ - only; it names the "
+                         f"output folder runs/<name>)")
+    return v
 
 
 class _Strict(BaseModel):
@@ -71,6 +79,14 @@ class SplitConfig(_Strict):
     val_fraction: float = Field(0.1, ge=0, lt=1)  # for by: class
     seed: int = 0
 
+    @field_validator("target_domains", "val_domains")
+    @classmethod
+    def _domain_count(cls, v: list[str] | int, info: ValidationInfo) -> list[str] | int:
+        least = 1 if info.field_name == "target_domains" else 0
+        if (isinstance(v, int) and v < least) or (least and v == []):
+            raise ValueError(f"give a number of domains >= {least} or a list of domain names, got {v}")
+        return v
+
 
 class DataConfig(_Strict):
     source: str = "glyphs"
@@ -106,6 +122,9 @@ class BackboneConfig(_Strict):
         return self
 
 
+MAX_TASK_IDS = 10**8  # M x m sample ids of a task set (8 bytes each): 0.8 GB
+
+
 class TaskConfig(_Strict):
     """The finetuning tasks: M tasks of n_way classes, n_shot + n_query samples per class."""
 
@@ -129,6 +148,17 @@ class TaskConfig(_Strict):
             raise ValueError("tasks.domains is empty: name at least one source domain, or leave it unset for all")
         if v is not None and len(set(v)) != len(v):
             raise ValueError(f"tasks.domains names a domain twice: {v}")
+        return v
+
+    @field_validator("M")
+    @classmethod
+    def _M_fits(cls, v: int, info: ValidationInfo) -> int:
+        if {"n_way", "n_shot", "n_query"} <= info.data.keys():
+            m = info.data["n_way"] * (info.data["n_shot"] + info.data["n_query"])
+            if v * m > MAX_TASK_IDS:
+                raise ValueError(f"M x m = {v} x {m} = {v * m:.3g} sample ids would take {v * m * 8 / 1e9:,.1f} GB "
+                                 f"(8 bytes each); the limit is 10^8 ids ({8 * MAX_TASK_IDS / 1e9:.1f} GB), so M <= "
+                                 f"{MAX_TASK_IDS // m} here")
         return v
 
     @property
@@ -248,6 +278,13 @@ class RunConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
 
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"give at least 1 torch thread (or leave it unset for torch's choice), got {v}")
+        return v
+
 
 class DeepSpeedConfig(_Strict):
     """DeepSpeed settings of ``train.strategy: deepspeed``. Batch sizes are not set here: they are
@@ -328,3 +365,17 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     methods: list[Method] = Field(default_factory=lambda: ["direct", "standard", "multitask"])
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return plain_name(v)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one method: direct, standard, multitask")
+        if len(set(v)) != len(v):
+            raise ValueError(f"names a method twice: {v}")
+        return v

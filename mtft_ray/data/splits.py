@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtft_ray.config.schema import SplitConfig
+from mtft_ray.config.schema import ExperimentConfig, SplitConfig
 from mtft_ray.data.store import SampleStore
 from mtft_ray.errors import MtftError
 
@@ -40,6 +40,31 @@ class ClassSplit:
     def samples(self, store: SampleStore, which: str) -> np.ndarray:
         """Sample ids (sorted) of every class in split ``which``."""
         return np.flatnonzero(np.isin(store.labels, getattr(self, which)))
+
+    def short_class_warnings(self, store: SampleStore, cfg: ExperimentConfig) -> list[str]:
+        """One warning per split with classes that have fewer samples than its episodes draw per
+        class: those episodes never draw such a class, though the split counts it.
+
+        Finetuning tasks draw ``tasks.n_shot + tasks.n_query`` samples per class, validation
+        episodes ``eval.shots[0] + finetune.val_queries``, target episodes ``shot + eval.n_query``
+        per shot. Too few classes left for an episode is an error where the episodes are drawn.
+        """
+        counts = np.bincount(store.labels, minlength=store.num_classes)
+        t, e = cfg.tasks, cfg.eval
+        needs = {"finetuning": (self.source, {"tasks": t.n_shot + t.n_query}),
+                 "validation": (self.val, {"validation episodes": e.shots[0] + cfg.finetune.val_queries}),
+                 "target": (self.target, {f"{s}-shot episodes": s + e.n_query for s in sorted(set(e.shots))})}
+        out = []
+        for name, (ids, by_episode) in needs.items():
+            left = {what: ids[counts[ids] < need] for what, need in by_episode.items()}
+            parts = [f"{len(c)} from {what} (fewer than {by_episode[what]} samples)" for what, c in left.items() if len(c)]
+            if parts:
+                short = np.unique(np.concatenate(list(left.values())))
+                doms = sorted({store.domain_names[d] for d in store.class_domain[short]})
+                out.append(f"{name} split: {len(short)} of {len(ids)} classes have too few samples for an episode and "
+                           f"are left out: {'; '.join(parts)}; in domain(s) {', '.join(doms[:5])}"
+                           + (f" and {len(doms) - 5} more" if len(doms) > 5 else ""))
+        return out
 
 
 def _pick_domains(names: list[str], spec: list[str] | int, taken: set[str], rng: np.random.Generator,

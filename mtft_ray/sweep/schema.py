@@ -33,10 +33,10 @@ import itertools
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mtft_ray.config.load import set_dotted
-from mtft_ray.config.schema import ExperimentConfig, StorageConfig
+from mtft_ray.config.schema import ExperimentConfig, StorageConfig, plain_name
 
 
 class _Strict(BaseModel):
@@ -142,7 +142,7 @@ class SchedulerConfig(_Strict):
 
 
 class SweepConfig(_Strict):
-    name: str = "sweep"
+    name: str = "sweep"  # a plain name: the default sweep folder is runs/sweeps/<name>
     base: str | dict = Field(default_factory=dict)  # experiment YAML path (relative to the sweep file) or mapping
     overrides: list[str] = Field(default_factory=list)  # dotted overrides applied to the base
     search: SearchConfig
@@ -151,6 +151,17 @@ class SweepConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     seed: int = 0
     max_failures: int = Field(0, ge=0)  # retries of a failed trial
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return plain_name(v)
+
+
+# The sweep driver's pid, host, start and latest heartbeat (epoch seconds), rewritten every
+# HEARTBEAT_S while it runs: the analysis tells a dead sweep from a running one by it
+DRIVER_FILE = "driver.json"
+HEARTBEAT_S = 60.0
 
 
 def sweep_hash(sweep: SweepConfig, base: ExperimentConfig) -> str:

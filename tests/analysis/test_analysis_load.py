@@ -50,7 +50,7 @@ def test_statuses_of_a_sweep_that_ended(tmp_path):
     data = load(make_sweep(tmp_path / "sw", MIXED))
     status = by_id(data)["status"].to_dict()
     assert status == {"abcde_00000": "finished", "abcde_00001": "errored", "abcde_00002": "stopped early",
-                      "abcde_00003": "incomplete", "abcde_00004": "stopped early"}
+                      "abcde_00003": "incomplete", "abcde_00004": "corrupt"}
     assert "exceeds the classes" in by_id(data).loc["abcde_00001", "note"]
     assert any("abcde_00004: result.json line 3 is truncated" in p for p in data.problems)
     assert len(data.finished()) == 1
