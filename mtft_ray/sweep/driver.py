@@ -17,11 +17,14 @@ Example:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from mtft_ray.config.load import config_hash
 from mtft_ray.config.schema import ExperimentConfig, StorageConfig
 from mtft_ray.experiment import run_experiment
+from mtft_ray.io import verify_digest
 from mtft_ray.sweep.space import with_params
 
 
@@ -85,6 +88,25 @@ def trial_config(base: ExperimentConfig, params: dict[str, Any], trial_dir: Path
     return cfg.model_copy(update=update)
 
 
+def finished_result(run_dir: Path, cfg: ExperimentConfig) -> dict | None:
+    """The complete ``result.json`` a run folder already holds for this very config (same hash,
+    every checkpoint intact), or None: then the trial must run.
+
+    A sweep killed right after trials finished may restore them as pending; their results are
+    kept, not recomputed.
+    """
+    try:
+        result = json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or result.get("config_hash") != config_hash(cfg) or "results" not in result:
+        return None
+    for ck in (result.get("checkpoints") or {}).values():
+        if verify_digest(run_dir / ck["file"], ck) is not None:
+            return None
+    return result
+
+
 def trial_driver(params: dict[str, Any], base: ExperimentConfig, threads: int | None = None,
                  storage: StorageConfig | None = None) -> None:
     """Tune function trainable: run the experiment for ``params``, report each epoch and the result.
@@ -102,8 +124,10 @@ def trial_driver(params: dict[str, Any], base: ExperimentConfig, threads: int | 
 
     trial_dir = Path(tune.get_context().get_trial_dir()) / "run"
     cfg = trial_config(base, params, trial_dir, threads, storage)
-    result = run_experiment(cfg, trial_dir, on_epoch=lambda m: tune.report(epoch_metrics(m)),
-                            train_callbacks=[TuneReportCallback()] if cfg.train.workers else ())
+    result = finished_result(trial_dir, cfg)  # the trial's own result is the truth, whatever Tune's state says
+    if result is None:
+        result = run_experiment(cfg, trial_dir, on_epoch=lambda m: tune.report(epoch_metrics(m)),
+                                train_callbacks=[TuneReportCallback()] if cfg.train.workers else ())
     final = metrics_from_result(result, trial_dir)
     hist = (result.get("histories") or {}).get(final["method"]) or []
     tune.report({**final, "epoch": hist[-1]["epoch"] if hist else 0})

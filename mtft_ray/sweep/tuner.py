@@ -3,6 +3,7 @@
 Layout of a sweep folder (``--out``, default ``runs/sweeps/<name>``; Tune's experiment folder)::
 
     sweep.json     the sweep config, its resolved base experiment and their hash
+    driver.json    the sweep driver's pid, host, start time and heartbeat (while it runs)
     trials.csv     one row per trial: params, metrics, status (written at the end)
     <trial>/run/   each trial's experiment output (result.json, manifest, checkpoint)
 
@@ -25,16 +26,21 @@ import json
 import logging
 import math
 import os
+import socket
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mtft_ray.config.schema import ExperimentConfig
 from mtft_ray.errors import MtftError
+from mtft_ray.lock import LOCK_NAME, FolderLock
 from mtft_ray.ray_cluster import DRIVER_RESOURCE, cluster_capacity, ensure_ray
 from mtft_ray.storage import Storage, open_storage, probe_storage
 from mtft_ray.sweep.driver import trial_driver
-from mtft_ray.sweep.schema import SweepConfig, sweep_hash
+from mtft_ray.sweep.schema import DRIVER_FILE, HEARTBEAT_S, SweepConfig, sweep_hash
 from mtft_ray.sweep.space import check_data, suggest, tune_space
 from mtft_ray.train.plan import worker_resources
 
@@ -154,7 +160,7 @@ def _check_folder(storage: Storage, digest: str, resume: bool) -> bool:
 
     if not storage.exists("sweep.json"):
         entries = storage.filesystem.get_file_info(pafs.FileSelector(storage.root, allow_not_found=True))
-        if entries:
+        if [e for e in entries if PurePosixPath(e.path).name != LOCK_NAME]:  # our own lock is there already
             raise MtftError(f"{storage.uri()} is not empty and holds no sweep.json: choose another --out")
         return False
     stored = json.loads(storage.read_bytes("sweep.json")).get("hash")
@@ -176,13 +182,19 @@ def run_sweep(sweep: SweepConfig, base: ExperimentConfig, out: str | Path | None
         resume: continue the sweep stored there even if its config hash differs.
         progress: print where the sweep runs and one line per finished trial (stdout).
     """
-    from ray import tune  # heavy: only a running sweep needs Tune
-
     storage = sweep_storage(sweep, out)
     if storage.scheme == "local":
+        _check_writable(Path(storage.root))  # before Ray starts
         Path(storage.root).parent.mkdir(parents=True, exist_ok=True)
     else:
         probe_storage(storage, sweep.storage)  # unreachable endpoint, missing bucket: fail now
+    with FolderLock(storage, "sweep"):  # a second sweep into this folder exits naming this one
+        return _run_sweep(sweep, base, storage, resume, progress)
+
+
+def _run_sweep(sweep: SweepConfig, base: ExperimentConfig, storage: Storage, resume: bool, progress: bool) -> list[dict]:
+    from ray import tune  # heavy: only a running sweep needs Tune
+
     digest = sweep_hash(sweep, base)
     existing = _check_folder(storage, digest, resume)
     study = study_url(sweep, storage)
@@ -221,10 +233,50 @@ def run_sweep(sweep: SweepConfig, base: ExperimentConfig, out: str | Path | None
                                       sync_config=tune.SyncConfig(sync_artifacts=True),  # each trial's run/
                                       failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
         )
-    grid = tuner.fit()
+    beating = _heartbeat(storage)
+    try:
+        grid = tuner.fit()
+    finally:
+        beating.set()
     rows = trial_rows(grid, list(sweep.search.space), sweep.search.metric, storage)
     storage.write_bytes(trials_csv(rows).encode(), "trials.csv")
     return rows
+
+
+def _check_writable(root: Path) -> None:
+    """A local sweep folder, or the first of its parents that exists, must be a folder this process can write.
+
+    Raises:
+        MtftError: naming the folder and the reason.
+    """
+    there = next(p for p in (root, *root.parents) if p.exists())
+    try:
+        if not there.is_dir():
+            raise NotADirectoryError(f"{there} is a file, not a folder")
+        tempfile.TemporaryFile(dir=there).close()
+    except OSError as e:
+        raise MtftError(f"sweep folder {root} cannot be written: {e.strerror or e}"
+                        + (f" ({there})" if e.strerror else "")) from None
+
+
+def _heartbeat(storage: Storage) -> threading.Event:
+    """Write ``driver.json`` now and every ``HEARTBEAT_S`` seconds until the returned event is set."""
+    doc = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            storage.write_bytes(json.dumps({**doc, "heartbeat": time.time()}).encode(), DRIVER_FILE)
+        except OSError as e:  # a missed beat only makes a running sweep look stale later
+            log.warning("could not write %s: %s", storage.uri(DRIVER_FILE), e)
+
+    def loop() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            beat()
+
+    beat()
+    threading.Thread(target=loop, name="mtft-ray-sweep-heartbeat", daemon=True).start()
+    return stop
 
 
 def trial_rows(grid, keys: list[str], metric: str, storage: Storage | None = None) -> list[dict]:

@@ -118,6 +118,45 @@ def test_interrupted_sweep_resumes_and_counts_every_trial_once(tmp_path, tree):
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3  # the resumed searcher kept its study
 
 
+def test_a_second_sweep_is_refused_and_a_sigkill_right_after_trials_finished_reruns_none_of_them(tmp_path, tree):
+    """A second sweep into the folder exits 2 naming the first. SIGKILL (no chance to save Tune's
+    state) as soon as a trial's result.json is written: the stale lock is taken over, and Tune's
+    restored state may call the trial pending, but its complete result for the same config is kept."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    path, out = sweep_file(tmp_path, num_samples=3), tmp_path / "sw"
+    overrides = ["resources={cpu: 2}"]
+    env = {**os.environ, "MTFT_RAY_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "mtft_ray.cli.main", "sweep", str(path), *overrides, "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        while not (out / ".mtft-lock").exists() and proc.poll() is None:
+            time.sleep(0.1)
+        second = mtft("sweep", str(path), *overrides, "--out", str(out), cwd=tmp_path)  # two sweeps, one folder
+        assert second.returncode == 2 and f"is in use: a sweep (pid {proc.pid} on " in second.stderr, second.stderr
+        assert proc.poll() is None, "the first sweep ended before the second tried: the test proves nothing"
+        deadline = time.time() + 240
+        while not list(out.glob("*/run/result.json")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert list(out.glob("*/run/result.json")), "no trial finished before the kill"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        proc.communicate(timeout=60)
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("*/run/result.json")}
+    assert not (out / "trials.csv").exists()
+
+    r = mtft("sweep", str(path), *overrides, "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_rows(out)
+    assert len(rows) == 3 and {x["status"] for x in rows} == {"TERMINATED"}
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # kept, not recomputed
+    assert len(list(out.glob("*/run/result.json"))) == 3
+
+
 def test_trials_train_on_ray_train_workers_without_deadlock(tmp_path, tree):
     """workers: 2 on 2 CPUs: the driver holds only TRAIN_DRIVER, its TorchTrainer gets both CPUs."""
     base = yaml.safe_load(tiny_config(tmp_path, methods=["multitask"], tasks={"M": 2}, train={"workers": 2},
