@@ -50,6 +50,7 @@ import yaml
 
 from mtft_ray.analysis.fetch import Location
 from mtft_ray.errors import MtftError
+from mtft_ray.io import verify_digest
 from mtft_ray.sweep.schema import DRIVER_FILE, HEARTBEAT_S, apply_params, flag_name
 
 STATUSES = ("finished", "stopped early", "running", "pending", "incomplete", "interrupted", "errored", "corrupt")
@@ -339,7 +340,8 @@ def _trial_row(loc: Location, rel: str, data: SweepData, tune: dict, csv_row: di
     row.update({k: params.get(k, _get(cfg, k)) for k in dict.fromkeys([*data.space, *CONFIG_KEYS])})
     last = final or (reports[-1] if reports else {})
     row.update(_sizes(last, cfg))
-    sel = _selection(read_json(folder / "run" / "result.json", data.problems, f"trial {trial} run") if final else None)
+    run_doc = read_json(folder / "run" / "result.json", data.problems, f"trial {trial} run") if final else None
+    sel = _selection(run_doc)
     row.update({"k": sel.get("k", final.get("selection_k")), "subset": sel.get("subset"),
                 "diversity": sel.get("diversity", final.get("selection_diversity")),
                 "coverage": sel.get("coverage", final.get("selection_coverage")),
@@ -354,6 +356,13 @@ def _trial_row(loc: Location, rel: str, data: SweepData, tune: dict, csv_row: di
     row["checkpoint"] = loc.address(f"{rel}/run/{ckpt}") if ckpt and loc.has_file(f"{rel}/run/{ckpt}") else None
     if ckpt and row["checkpoint"] is None:
         data.problems.append(f"trial {trial}: its checkpoint {ckpt} is not in the sweep folder")
+    recorded = ((run_doc or {}).get("checkpoints") or {}) if isinstance(run_doc, dict) else {}
+    digest = next((d for d in recorded.values() if d.get("file") == ckpt), None)
+    if row["checkpoint"] and digest and loc.remote_files is None:  # S3 checkpoints are not downloaded to check
+        damage = verify_digest(folder / "run" / ckpt, digest)
+        if damage:
+            row["checkpoint"] = None
+            data.problems.append(f"trial {trial}: its checkpoint is damaged ({damage}): not offered")
     row["note"] = (f"corrupt: {loc.address(f'{rel}/result.json')}: {bad}" if status == "corrupt"
                    else _note(status, folder, csv_row, len(reports), data.metric))
     row["trial_dir"] = rel

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from mtft_ray.io import file_digest
+
 BASE = {"name": "synthetic", "backbone": {"name": "tf_efficientnet_lite0"},
         "tasks": {"n_way": 5, "n_shot": 1, "n_query": 4, "M": 100},
         "finetune": {"lr": 1e-4, "epochs": 2}, "selection": {"strategy": "selected", "target_domain": "lao"}}
@@ -81,8 +83,9 @@ def write_trial(root: Path, i: int, t: Trial) -> Path:
         (d / "error.txt").write_text("Failure # 1\nTraceback (most recent call last):\n  ...\n"
                                      "mtft_ray.errors.MtftError: tasks.n_way=50 exceeds the classes of domain x\n")
     if t.status == "finished":
-        (d / "run" / "result.json").write_text(json.dumps(_run_result(t)))
         (d / "run" / "multitask.pt").write_bytes(b"not really a checkpoint")
+        digest = {"file": "multitask.pt", **file_digest(d / "run" / "multitask.pt")}  # as a run records it
+        (d / "run" / "result.json").write_text(json.dumps({**_run_result(t), "checkpoints": {"multitask": digest}}))
     return d
 
 

@@ -122,3 +122,17 @@ def test_a_retried_trial_that_finished_is_finished(tmp_path):
     trial = next(p for p in root.iterdir() if p.is_dir())
     (trial / "error.txt").write_text("Failure # 1 (the first attempt; max_failures retried it)\n")
     assert by_id(load(root)).loc["abcde_00000", "status"] == "finished"
+
+
+def test_a_damaged_checkpoint_is_not_offered(tmp_path):
+    """result.json records each checkpoint's size and sha256; one that no longer matches (a full
+    disk truncated it, someone overwrote it) is named and never offered as the best trial's."""
+    root = make_sweep(tmp_path / "sw", [Trial({"tasks.M": 25}, acc=0.9), Trial({"tasks.M": 50}, acc=0.7)])
+    best = next(root.glob("*abcde_00000*")) / "run" / "multitask.pt"
+    best.write_bytes(best.read_bytes()[:5])  # truncated
+    data = load(root)
+    t = by_id(data)
+    assert t.loc["abcde_00000", "checkpoint"] != t.loc["abcde_00000", "checkpoint"]  # NaN: none
+    assert t.loc["abcde_00001", "checkpoint"].endswith("multitask.pt")
+    (problem,) = [p for p in data.problems if "abcde_00000" in p]
+    assert "its checkpoint is damaged" in problem and "has 5 bytes, 23 were written" in problem
