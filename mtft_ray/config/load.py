@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from mtft_ray.config.schema import ExperimentConfig, format_validation_error
 from mtft_ray.errors import MtftError
+from mtft_ray.io import atomic_write_text
 
 _SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e10, 1.5e3: YAML 1.1 reads them as text
 
@@ -114,5 +115,5 @@ def save_resolved(cfg: BaseModel, out_dir: str | Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     digest = config_hash(cfg)
     text = f"# resolved config, hash {digest}\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    (out / "config.yaml").write_text(text)
+    atomic_write_text(out / "config.yaml", text)
     return digest
