@@ -54,6 +54,7 @@ class FolderLock:
     def __init__(self, storage: Storage, what: str) -> None:
         self.storage, self.what = storage, what
         self._etag: str | None = None
+        self._created = False
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
@@ -75,6 +76,7 @@ class FolderLock:
 
     def _acquire_local(self) -> None:
         path = self.storage.path(LOCK_NAME)
+        self._created = not os.path.isdir(os.path.dirname(path))  # removed again if left empty
         os.makedirs(os.path.dirname(path), exist_ok=True)
         for _ in range(50):
             try:
@@ -111,6 +113,11 @@ class FolderLock:
         held = self._read_local(path)
         if held and held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
             os.unlink(path)
+            if self._created:  # a writer that failed before writing anything leaves no folder behind
+                try:
+                    os.rmdir(os.path.dirname(path))
+                except OSError:
+                    pass
 
     # --- S3 --------------------------------------------------------------------------------------
 

@@ -84,8 +84,8 @@ def test_sweep_stored_in_s3_and_restored_from_there(tmp_path, tree):
 
 def test_asha_stops_a_trial_on_its_per_epoch_val_acc(tmp_path, tree):
     """The first trial (lr 1e-9: the pretrained features, which suit this data) sets the bar at
-    epoch 1; lr 3e-2 wrecks the features in its first epoch, so ASHA (rf 2) stops it there."""
-    keep, wreck = 1e-9, 3e-2
+    epoch 1; lr 0.5 wrecks the features in its first epoch, so ASHA (rf 2) stops it there."""
+    keep, wreck = 1e-9, 0.5
     path = write_sweep(tmp_path, "asha", {"finetune.lr": {"choice": [keep, wreck]}}, finetune={"epochs": 3},
                        scheduler={"asha": {"grace_period": 1, "max_t": 10, "reduction_factor": 2}})
     out = tmp_path / "sw"

@@ -125,7 +125,8 @@ def test_torch_checkpoint_round_trip_restores_model_optimizer_and_rng(tmp_path):
     np.random.seed(7), random.seed(7)
     save_checkpoint(tmp_path, s, net[0], state, rank=0, manifest='{"tasks": []}')
     expect = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
-    assert {p.name for p in tmp_path.iterdir()} == {"torch_state.pt", "model.pt", "state.json", "manifest.json", "rng"}
+    assert {p.name for p in tmp_path.iterdir()} == {"torch_state.pt", "model.pt", "state.json", "manifest.json", "rng",
+                                                  "digests.json"}
     assert set(torch.load(tmp_path / "model.pt", weights_only=True)) == {"weight", "bias"}  # the given submodule
 
     torch.manual_seed(1)
