@@ -270,7 +270,7 @@ def finetuning_hurt(results: list[dict], history: list[dict] | None, tasks: Task
                                                        tasks.query.reshape(len(tasks), -1)], axis=1))
     cons = float(consistency(task_means(source.numpy(), rows), target.mean(0).numpy()).mean())
     seen = len(tasks) * tasks.m / len(source_ids)
-    stats = [EpochStats(**{k: v for k, v in h.items() if k in EpochStats.__dataclass_fields__}) for h in history or []]
+    stats = [EpochStats.from_json(h) for h in history or []]
     tuned = [h for h in stats if h.epoch > 0 and h.val_acc is not None]
     pre = next((h.val_acc for h in stats if h.epoch == 0), None)
     gaps = ", ".join(f"{cfg.eval.n_way}-way {shot}-shot {100 * mt['acc']:.2f} ± {100 * mt['ci95']:.2f}% vs direct "

@@ -63,6 +63,11 @@ class EpochStats:
     def to_json(self) -> dict:
         return {**asdict(self), "images_per_s": self.images_per_s}
 
+    @classmethod
+    def from_json(cls, doc: dict) -> EpochStats:
+        """From :meth:`to_json`'s dict, or a history entry holding more keys."""
+        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+
 
 def make_optimizer(params: list[dict], name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "sgd":

@@ -103,8 +103,7 @@ class TrainRun:
 
 def epoch_history(state: TrainState) -> list[EpochStats]:
     """The per-epoch stats recorded in a loop state."""
-    fields = set(EpochStats.__dataclass_fields__)
-    return [EpochStats(**{k: v for k, v in h.items() if k in fields}) for h in state.history]
+    return [EpochStats.from_json(h) for h in state.history]
 
 
 def sharded_validate(val: EpisodeEvaluator, backbone: nn.Module, images: torch.Tensor, *, device: torch.device,
