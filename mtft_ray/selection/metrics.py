@@ -167,6 +167,19 @@ class SetStats:
         xw = x if w is None else x * w.float()[:, None]
         self._C += xw.T @ x  # float32 product of one chunk, accumulated in float64
 
+    def merge(self, other: SetStats) -> None:
+        """Add the samples of ``other`` (built on the same target and centre) without revisiting
+        them: the statistics of the union of both multisets, at ``O(d²)`` instead of ``O(N·d²)``."""
+        if other.dim != self.dim or not torch.equal(other._ref, self._ref) or not torch.equal(other._center,
+                                                                                             self._center):
+            raise MtftError("SetStats.merge: the two sets were built for different targets or centres")
+        self.n += other.n
+        self._sa += other._sa
+        self._saa += other._saa
+        for mine, theirs in ((self._s, other._s), (self._sax, other._sax), (self._C, other._C)):
+            mine += theirs
+        torch.maximum(self._best_cos, other._best_cos, out=self._best_cos)
+
     def coverage(self) -> float:
         """Mean over target samples of the clipped cosine to their nearest selected sample."""
         if self.n == 0:
