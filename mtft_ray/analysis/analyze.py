@@ -21,9 +21,11 @@ import pandas as pd
 from mtft_ray.analysis.fetch import open_sweep
 from mtft_ray.analysis.importance import Importance, param_importance
 from mtft_ray.analysis.load import SweepData, load_sweep_dir
+from mtft_ray.analysis.pareto import sweep_front
 from mtft_ray.analysis.plots import CAPTIONS, render_plots
 from mtft_ray.analysis.recommend import Recommendation, recommend
-from mtft_ray.analysis.report import build_report, status_counts, to_html, to_markdown
+from mtft_ray.analysis.screening import Screening, screening_for
+from mtft_ray.analysis.report import build_report, spend_line, status_counts, to_html, to_markdown
 from mtft_ray.analysis.stats import Correlation, Fit, correlations, fit_trend, inclusion_effects, pct
 from mtft_ray.errors import MtftError
 
@@ -43,6 +45,8 @@ class Analysis:
     skipped: dict[str, str]
     out: Path
     files: list[Path]
+    front: pd.DataFrame | None = None  # a multi-objective sweep's Pareto front (trial rows), best primary first
+    screening: Screening | None = None  # how well a screen's proxies ranked the finetuned results
 
 
 def default_out(path: str) -> Path:
@@ -78,8 +82,12 @@ def _write(out: Path, files: dict[str, bytes]) -> list[Path]:
     return written
 
 
-def analyze(path: str, out: str | Path | None = None, endpoint: str | None = None) -> Analysis:
+def analyze(path: str, out: str | Path | None = None, endpoint: str | None = None,
+            screen: str | None = None) -> Analysis:
     """Analyse the sweep at ``path`` (local folder or ``s3://bucket/prefix``) into ``out``.
+
+    ``screen``: a ``screen.json`` (``mtft-ray screen``) whose proxies are checked against the
+    results; default the sweep folder's own, or the screen its space came from.
 
     Raises:
         MtftError: no sweep there, or unreadable storage.
@@ -87,6 +95,7 @@ def analyze(path: str, out: str | Path | None = None, endpoint: str | None = Non
     out = Path(out) if out is not None else default_out(path)
     with open_sweep(path, endpoint) as loc:
         data = load_sweep_dir(loc)
+        screening = screening_for(data, screen)  # while an S3 sweep's files are still fetched
     if data.trials.empty:
         raise MtftError(f"the sweep at {loc.uri} has no trials yet (sweep.json but no trial folders): "
                         f"nothing to analyse")
@@ -101,7 +110,30 @@ def analyze(path: str, out: str | Path | None = None, endpoint: str | None = Non
     blocks = build_report(data, corr, fit, imp, rec, pngs, skipped, names)
     files["report.html"] = to_html(blocks, pngs, f"Sweep analysis: {data.name}").encode()
     files["report.md"] = to_markdown(blocks).encode()
-    return Analysis(data, corr, fit, imp, rec, skipped, out, _write(out, files))
+    front = sweep_front(data)[0] if data.multi else None
+    return Analysis(data, corr, fit, imp, rec, skipped, out, _write(out, files), front, screening)
+
+
+def _front_lines(a: Analysis) -> list[str]:
+    """One line per trial on a multi-objective sweep's Pareto front: params and every objective."""
+    if a.front is None:
+        return []
+    d = a.data
+    lines = [f"pareto:      {len(a.front)} trial(s) on the front of {', '.join(d.metrics)}"]
+    for _, r in a.front.iterrows():
+        params = " ".join(f"{k}={r[k]}" for k in d.params if k in r)
+        values = "  ".join(f"{m} {_objective_text(r, m)}" for m in d.metrics)
+        lines.append(f"  {str(r['trial_id']).rsplit('_', 1)[-1]}  {params}  {values}")
+    return lines
+
+
+def _objective_text(row: pd.Series, metric: str) -> str:
+    """An accuracy as ``81.6 % ± 1.2``, anything else in 4 digits."""
+    ci_col = SweepData.ci_for(metric)
+    if ci_col is None:
+        return f"{float(row[metric]):.4g}"
+    ci = row.get(ci_col)
+    return pct(row[metric]) + (f" ± {100 * ci:.1f}" if ci is not None and pd.notna(ci) else "")
 
 
 def summary(a: Analysis) -> str:
@@ -109,8 +141,8 @@ def summary(a: Analysis) -> str:
     d = a.data
     counts = ", ".join(f"{n} {s}" for s, n in status_counts(d).items()) or "none"
     state = "ended" if d.ended else f"interrupted ({d.interrupted})" if d.interrupted else "running"
-    lines = [(f"{d.name}: {len(d.trials)} trials ({counts}); sweep {state}; "
-              f"metric {d.metric} ({d.mode})")]
+    objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(d.metrics, d.modes))
+    lines = [f"{d.name}: {len(d.trials)} trials ({counts}); sweep {state}; metric{'s' if d.multi else ''} {objectives}"]
     if "warnings" in d.trials:
         for t in d.trials[d.trials["warnings"].notna()].itertuples():
             lines.append(f"WARNING:     trial {t.trial_id}: {t.warnings}")
@@ -122,6 +154,7 @@ def summary(a: Analysis) -> str:
         lines.append(f"best:        {best['trial_id']}  {params}  {d.metric} {pct(best[d.metric])}"
                      + (f" ± {100 * ci:.1f}" if ci is not None and pd.notna(ci) else ""))
         lines.append(f"checkpoint:  {best['checkpoint'] or 'not found in the sweep folder'}")
+        lines += _front_lines(a)
         lines.append("correlation: " + "; ".join(
             f"{c.label} {c.rho:+.2f} [{c.lo:+.2f}, {c.hi:+.2f}] (n={c.n})" if math.isfinite(c.lo)
             else f"{c.label} - ({c.note})" for c in a.correlations))
@@ -140,10 +173,14 @@ def summary(a: Analysis) -> str:
         r = a.recommendation
         lines.append(f"next:        {' '.join(f'{k}={v}' for k, v in r.params.items())}  -> {d.metric} "
                      f"{pct(r.predicted)} ± {100 * r.plus_minus:.1f} ({r.basis}{', weak evidence' if r.weak else ''})")
+    spent = spend_line(d.trials)
+    if spent:
+        lines.append(f"spend:       {spent}")
     if d.problems:
         lines.append(f"problems:    {len(d.problems)} (listed in the report); first: {d.problems[0]}")
     for name, why in a.skipped.items():
         lines.append(f"not drawn:   {name}: {why}")
+    lines += a.screening.lines() if a.screening else []
     lines.append(f"wrote {len(a.files)} files to {a.out}:")
     lines += [f"  {p}" for p in a.files]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import sys
 def _cmd_analyze(ns: argparse.Namespace) -> int:
     from mtft_ray.analysis.analyze import analyze, summary  # late: pandas and matplotlib, not needed for --help
 
-    result = analyze(ns.path, ns.out, ns.endpoint_url)
+    result = analyze(ns.path, ns.out, ns.endpoint_url, ns.screen)
     print(summary(result))
     if result.data.finished().empty:
         print("mtft-ray: no trial has finished: the report lists the trials and why", file=sys.stderr)
@@ -35,4 +35,7 @@ def register(sub) -> None:
     p.add_argument("--endpoint-url", metavar="URL",
                    help="S3 endpoint (default $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL); credentials come from "
                         "the AWS default chain")
+    p.add_argument("--screen", metavar="FILE",
+                   help="a screen.json (mtft-ray screen) whose proxies are checked against the finetuned results "
+                        "(default PATH/screen.json, or the screen the sweep's space came from)")
     p.set_defaults(fn=_cmd_analyze)

@@ -29,7 +29,7 @@ from mtft_ray.config.schema import StorageConfig
 from mtft_ray.errors import MtftError
 from mtft_ray.storage import endpoint_url, parse_storage_path, s3_filesystem
 
-WANTED = ("sweep.json", "trials.csv", "experiment_state-*.json", "params.json", "result.json", "error.txt",
+WANTED = ("sweep.json", "screen.json", "trials.csv", "experiment_state-*.json", "params.json", "result.json", "error.txt",
           "config.yaml", "driver.json")  # file names the analysis reads; everything else stays remote
 MAX_DEPTH = 3  # sweep/trial/run/file
 

@@ -57,6 +57,7 @@ STATUSES = ("finished", "stopped early", "running", "pending", "incomplete", "in
 CONFIG_KEYS = ("selection.strategy", "selection.target_domain", "backbone.name", "tasks.M", "tasks.n_way",
                "tasks.n_shot", "tasks.n_query", "finetune.lr", "finetune.epochs")
 TRIAL_FILES = ("params.json", "result.json", "error.txt")
+SPEND = ("trial_hours", "gpu_hours", "cpu_hours", "dollars")  # what a trial cost, where it reports it
 STATE_NEWER_S = 60.0  # Tune's state this much newer than trials.csv: the sweep was resumed and runs again
 STALE_S = 10 * HEARTBEAT_S  # a driver heartbeat this old: the driver is gone
 _ACC = re.compile(r"^(?:(\w+?)_)?(acc|ci95)_(\d+)shot$")
@@ -70,7 +71,8 @@ class SweepData:
     Attributes:
         location: where it was read from.
         name: the sweep's name.
-        metric, mode: what the search optimised (``acc_1shot``, ``max``).
+        metric, mode: what the search optimised (``acc_1shot``, ``max``); of a multi-objective
+            sweep, its first (primary) metric, which single-metric tables, fits and plots read.
         space: searched key → its distribution as stored in ``sweep.json`` (``{"choice": [...]}``, ...).
         base: the resolved base experiment (``{}`` without ``sweep.json``).
         ended: the sweep is not running: ``trials.csv`` written and not resumed since, or it was
@@ -79,6 +81,8 @@ class SweepData:
             is gone); ``None`` when it ended, runs, or no ``driver.json`` tells.
         trials: one row per trial (see :func:`load_sweep_dir`).
         problems: what could not be read, one line each.
+        metrics, modes: every metric searched and its mode (``[acc_1shot, gpu_hours]``,
+            ``[max, min]``); ``[metric]`` and ``[mode]`` (the default) for a single-objective sweep.
     """
 
     location: Location
@@ -91,6 +95,17 @@ class SweepData:
     trials: pd.DataFrame
     problems: list[str] = field(default_factory=list)
     interrupted: str | None = None
+    metrics: list[str] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.metrics = list(self.metrics) or [self.metric]
+        self.modes = list(self.modes) or [self.mode] * len(self.metrics)
+
+    @property
+    def multi(self) -> bool:
+        """Several metrics searched: a multi-objective sweep, with a Pareto front."""
+        return len(self.metrics) > 1
 
     @property
     def params(self) -> list[str]:
@@ -106,8 +121,17 @@ class SweepData:
 
     @property
     def ci_column(self) -> str | None:
-        m = _ACC.match(self.metric)
-        return f"{m.group(1) + '_' if m.group(1) else ''}ci95_{m.group(3)}shot" if m else None
+        return self.ci_for(self.metric)
+
+    @staticmethod
+    def ci_for(metric: str) -> str | None:
+        """The column of ``metric``'s 95% CI (``acc_1shot`` → ``ci95_1shot``), or None: no CI.
+
+        >>> SweepData.ci_for("multitask_acc_5shot"), SweepData.ci_for("gpu_hours")
+        ('multitask_ci95_5shot', None)
+        """
+        m = _ACC.match(metric)
+        return f"{m.group(1) + '_' if m.group(1) else ''}ci95_{m.group(3)}shot" if m and m.group(2) == "acc" else None
 
     def finished(self) -> pd.DataFrame:
         """Finished trials with a finite metric."""
@@ -180,22 +204,24 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _tune_state(folder: Path, problems: list[str]) -> tuple[dict[str, dict], float | None]:
-    """Per trial folder name: Tune's status, trial id, config and start time, from the newest
-    ``experiment_state-*.json`` (a JSON file; its format is Tune's, so anything odd is skipped)."""
+    """Per trial folder name: Tune's status, trial id, config and start time, from every
+    ``experiment_state-*.json``, oldest first, so the newest word on a trial wins (an extended sweep
+    has one state per segment, a resumed one a newer state of the same trials). The files are
+    JSON; their format is Tune's, so an unreadable one is skipped and named."""
     states = sorted(folder.glob("experiment_state-*.json"))
     if not states:
         return {}, None
     out: dict[str, dict] = {}
-    try:
-        for entry in json.loads(states[-1].read_text())["trial_data"]:
-            meta, runtime = json.loads(entry[0]), json.loads(entry[1])
-            out[meta["relative_logdir"]] = {"status": meta.get("status"), "trial_id": meta.get("trial_id"),
-                                            "config": meta.get("config") or {},
-                                            "start": runtime.get("start_time")}
-    except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
-        problems.append(f"Tune's {states[-1].name} could not be read ({type(e).__name__}); "
-                        f"statuses come from the trial folders alone")
-        return {}, None
+    for state in states:
+        try:
+            for entry in json.loads(state.read_text())["trial_data"]:
+                meta, runtime = json.loads(entry[0]), json.loads(entry[1])
+                out[meta["relative_logdir"]] = {"status": meta.get("status"), "trial_id": meta.get("trial_id"),
+                                                "config": meta.get("config") or {},
+                                                "start": runtime.get("start_time")}
+        except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
+            problems.append(f"Tune's {state.name} could not be read ({type(e).__name__}); "
+                            f"statuses of its trials come from the trial folders alone")
     return out, states[-1].stat().st_mtime
 
 
@@ -351,6 +377,7 @@ def _trial_row(loc: Location, rel: str, data: SweepData, tune: dict, csv_row: di
     row.update(val_acc=max(vals) if vals else final.get("val_acc"), reports=len(reports), epoch=last.get("epoch"))
     row.update({k: final.get(k) for k in ("seconds", "train_seconds", "images_per_s", "method", "config_hash",
                                           "warnings")})
+    row.update({k: final[k] for k in (*SPEND, *data.metrics) if k not in row and k in final})  # objectives
     row["started_at"], row["ended_at"] = _times(reports, folder if folder.is_dir() else None, tune.get("start"))
     ckpt = Path(str(final.get("checkpoint") or "")).name
     row["checkpoint"] = loc.address(f"{rel}/run/{ckpt}") if ckpt and loc.has_file(f"{rel}/run/{ckpt}") else None
@@ -407,6 +434,8 @@ def load_sweep_dir(loc: Location) -> SweepData:
     ``reports``, ``epoch``, ``seconds``, ``train_seconds``, ``images_per_s``, ``method``,
     ``config_hash``, ``warnings`` (e.g. the pretrained weights were kept), ``started_at`` / ``ended_at`` (epoch seconds), ``checkpoint`` (its address in
     the sweep folder), ``note`` (error message, or why a trial has no result), ``trial_dir``.
+    Where trials report them: ``trial_hours``, ``gpu_hours``, ``cpu_hours``, ``dollars`` (:data:`SPEND`)
+    and every metric a multi-objective sweep searched.
 
     Raises:
         MtftError: the folder holds neither ``sweep.json`` nor a trial folder.
@@ -427,9 +456,9 @@ def load_sweep_dir(loc: Location) -> SweepData:
     csv_path = folder / "trials.csv"
     ended = csv_path.is_file() and not (state_mtime and state_mtime > csv_path.stat().st_mtime + STATE_NEWER_S)
     gone = None if ended else _driver_gone(folder, problems)
-    data = SweepData(loc, _get(meta, "sweep.name") or loc.name, search.get("metric", "acc_1shot"),
-                     search.get("mode", "max"), space, meta.get("base") or {}, ended or gone is not None,
-                     pd.DataFrame(), problems, gone)
+    metrics, modes = _objectives(search)
+    data = SweepData(loc, _get(meta, "sweep.name") or loc.name, metrics[0], modes[0], space, meta.get("base") or {},
+                     ended or gone is not None, pd.DataFrame(), problems, gone, metrics, modes)
     csv_rows = _csv_rows(csv_path)
     rels = list(dict.fromkeys([*trial_dirs, *(r for r, t in tune.items() if t.get("status") == "PENDING")]))
     rows = [_trial_row(loc, rel, data, tune.get(rel, {}), None) for rel in rels]
@@ -439,6 +468,18 @@ def load_sweep_dir(loc: Location) -> SweepData:
         rows.append(_csv_status(_trial_row(loc, f"(no folder) {t}", data, {}, r), r))
     data.trials = _frame(rows)
     return data
+
+
+def _objectives(search: dict) -> tuple[list[str], list[str]]:
+    """The metrics and modes of ``sweep.json``'s search (a name or a list of them each).
+
+    >>> _objectives({"metric": ["acc_1shot", "gpu_hours"], "mode": ["max", "min"]}), _objectives({})
+    ((['acc_1shot', 'gpu_hours'], ['max', 'min']), (['acc_1shot'], ['max']))
+    """
+    metric, mode = search.get("metric", "acc_1shot"), search.get("mode", "max")
+    metrics = list(metric) if isinstance(metric, list) else [metric]
+    modes = list(mode) if isinstance(mode, list) else [mode] * len(metrics)
+    return metrics, modes
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:

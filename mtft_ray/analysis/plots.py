@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ from matplotlib.ticker import NullLocator
 
 from mtft_ray.analysis.importance import Importance
 from mtft_ray.analysis.load import SweepData
+from mtft_ray.analysis.pareto import sweep_front
 from mtft_ray.analysis.stats import PREDICTORS, Fit, inclusion_effects
 
 STRATEGY_ORDER = ("random", "no_consistency", "no_diversity", "selected", "all")
@@ -37,6 +39,7 @@ DPI = 110
 TIMELINE_LABELS = 40  # name each trial on the timeline up to this many
 ANNOTATE_MAX = 12  # label points with their M·m up to this many trials
 DODGE = 1.04  # multiplicative x offset between strategies on log axes
+PARETO_PAIRS = 6  # panels drawn for more than two objectives: the first pairs of metrics
 
 CAPTIONS = {
     "size.png": "Accuracy against the number of finetuning tasks M and samples per task m (log axes), and where "
@@ -50,6 +53,10 @@ CAPTIONS = {
     "timeline.png": "When each trial ran, coloured by status.",
     "fit.png": "Each trial's metric against the trend fit's prediction with that trial held out; the dashed "
                "line is a perfect prediction.",
+    "pareto.png": "The finished trials against the sweep's objectives (multi-objective sweeps only); red: the "
+                  "Pareto front, the trials no other trial matches or beats in every objective while beating it "
+                  "in one, named by trial and, for two objectives, joined as the staircase of the best first "
+                  "objective reachable at each value of the second; bars are 95% CIs of accuracies.",
     "subsets.png": "For each item of a searched subset (a source domain): mean accuracy of the trials that include "
                    "it minus that of the trials that leave it out, with a 95% interval (a marginal comparison).",
 }
@@ -353,6 +360,82 @@ def plot_subsets(data: SweepData) -> Figure:
     return fig
 
 
+def _objective(t: pd.DataFrame, metric: str) -> np.ndarray:
+    """An objective's values as drawn: accuracies in percent, as in the other plots."""
+    return _num(t[metric]) * (100 if SweepData.ci_for(metric) else 1)
+
+
+def _objective_label(metric: str, mode: str) -> str:
+    unit = " (%)" if SweepData.ci_for(metric) else ""
+    return f"{metric}{unit}, {'higher' if mode == 'max' else 'lower'} is better"
+
+
+def _objective_ci(t: pd.DataFrame, metric: str) -> np.ndarray | None:
+    ci = SweepData.ci_for(metric)
+    return 100 * _num(t[ci]) if ci and ci in t else None
+
+
+def _pareto_panel(ax, t: pd.DataFrame, front: pd.DataFrame, x: tuple[str, str], y: tuple[str, str],
+                  staircase: bool) -> None:
+    """One pair of objectives ``(metric, mode)``: the other trials grey, the front red and named,
+    joined as a staircase when these are the only two objectives."""
+    (xm, xmode), (ym, ymode) = x, y
+    rest = t[~t.index.isin(front.index)]
+    ax.errorbar(_objective(rest, xm), _objective(rest, ym), xerr=_objective_ci(rest, xm),
+                yerr=_objective_ci(rest, ym), fmt="o", color="0.6", ecolor="0.8", capsize=2, markersize=6,
+                label=f"other finished trials ({len(rest)})", zorder=2)
+    fx, fy = _objective(front, xm), _objective(front, ym)
+    ax.errorbar(fx, fy, xerr=_objective_ci(front, xm), yerr=_objective_ci(front, ym), fmt="o", color="#d62728",
+                ecolor="#d62728", capsize=3, markersize=8, mec="k", label=f"Pareto front ({len(front)})", zorder=4)
+    if staircase and len(front) > 1:  # best-x first; a post-step is the best y reachable at each x
+        order = np.argsort(fx if xmode == "min" else -fx, kind="stable")
+        ax.step(fx[order], fy[order], where="post", color="#d62728", lw=1.2, alpha=0.7, zorder=3)
+    names: dict[tuple[float, float], list[str]] = {}  # trials on the same spot share one label
+    for trial, px, py in zip(front["trial_id"], fx, fy):
+        names.setdefault((px, py), []).append(str(trial).rsplit("_", 1)[-1])
+    for (px, py), ids in names.items():
+        ax.annotate(", ".join(ids), (px, py), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel(_objective_label(xm, xmode))
+    ax.set_ylabel(_objective_label(ym, ymode))
+    ax.grid(alpha=0.3)
+
+
+def plot_pareto(data: SweepData) -> Figure:
+    """The finished trials in objective space, the Pareto front highlighted.
+
+    Two objectives: the second metric across, the first up, the front joined as a staircase. More:
+    one panel per pair of metrics (at most :data:`PARETO_PAIRS`), the front (non-dominated in all of
+    them) highlighted but not joined, as a projection may hide why a front trial is on it.
+
+    Raises:
+        Skip: not a multi-objective sweep, or no finished trial reports every objective.
+    """
+    if not data.multi:
+        raise Skip(f"a single-objective sweep ({data.metric}): no Pareto front")
+    front, t = sweep_front(data)
+    if t.empty:
+        raise Skip(f"no finished trial reports every objective ({', '.join(data.metrics)})")
+    objectives = list(zip(data.metrics, data.modes))
+    pairs = [(objectives[1], objectives[0])] if len(objectives) == 2 else \
+        [(objectives[j], objectives[i]) for i, j in itertools.combinations(range(len(objectives)), 2)][:PARETO_PAIRS]
+    cols = min(3, len(pairs))
+    rows = math.ceil(len(pairs) / cols)
+    fig = Figure(figsize=(7.5 if cols == 1 else 5.2 * cols, 5.6 if rows == 1 else 4.6 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax, (x, y) in zip(axes, pairs):
+        _pareto_panel(ax, t, front, x, y, staircase=len(objectives) == 2)
+    for ax in axes[len(pairs):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=8)
+    left = len(data.finished()) - len(t)
+    note = (f"; {left} finished trial(s) without every objective not shown" if left else "")
+    head = (f"{data.name}: Pareto front of {' and '.join(f'{m} ({d})' for m, d in objectives)}" if len(pairs) == 1
+            else f"{data.name}: Pareto front of {len(objectives)} objectives, by pairs (red: non-dominated "
+                 f"in all {len(objectives)}, so a pair may show one as dominated)")
+    fig.suptitle(head + note, fontsize=10 if len(pairs) > 1 else 11)
+    return fig
+
+
 def render_plots(data: SweepData, fit: Fit, importance: Importance) -> tuple[dict[str, bytes], dict[str, str]]:
     """Every plot as PNG bytes by file name, and the skipped ones with their reason."""
     makers: dict[str, Callable[[], Figure]] = {
@@ -363,6 +446,7 @@ def render_plots(data: SweepData, fit: Fit, importance: Importance) -> tuple[dic
         "fit.png": lambda: plot_fit(data, fit),
         "timeline.png": lambda: plot_timeline(data),
         "subsets.png": lambda: plot_subsets(data),
+        **({"pareto.png": lambda: plot_pareto(data)} if data.multi else {}),  # single-objective: not listed
     }
     pngs, skipped = {}, {}
     for name, make in makers.items():

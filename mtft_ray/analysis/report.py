@@ -26,13 +26,15 @@ import pandas as pd
 
 from mtft_ray.analysis.importance import Importance
 from mtft_ray.analysis.load import STATUSES, SweepData
+from mtft_ray.analysis.pareto import sweep_front
 from mtft_ray.analysis.plots import CAPTIONS
 from mtft_ray.analysis.recommend import WEAK_P, Recommendation
 from mtft_ray.analysis.stats import PERMUTATIONS, PREDICTORS, Correlation, Fit, inclusion_effects, pct
 
 Block = tuple[str, Any]
 MAX_TABLE_ROWS = 30
-PLOT_TITLES = {"size.png": "Accuracy vs M and m", "diversity.png": "Accuracy vs diversity and consistency",
+PLOT_TITLES = {"pareto.png": "Pareto front", "size.png": "Accuracy vs M and m",
+               "diversity.png": "Accuracy vs diversity and consistency",
                "strategies.png": "Selection strategies", "importance.png": "Parameter importance",
                "fit.png": "Trend fit on held-out trials", "timeline.png": "Trial timeline",
                "subsets.png": "Each searched item, with vs without"}
@@ -98,12 +100,42 @@ def to_html(blocks: list[Block], pngs: dict[str, bytes], title: str) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def _acc_ci(row: pd.Series, data: SweepData) -> str:
-    v = row.get(data.metric)
+def _acc_ci(row: pd.Series, data: SweepData, metric: str | None = None) -> str:
+    """``metric`` (the primary by default) of a trial: an accuracy in percent ± its CI, else its value."""
+    metric = metric or data.metric
+    v, ci_col = row.get(metric), SweepData.ci_for(metric)
     if v is None or pd.isna(v):
         return "-"
-    ci = row.get(data.ci_column) if data.ci_column else None
+    if ci_col is None:
+        return _cell(v)
+    ci = row.get(ci_col)
     return pct(v) + (f" ± {100 * ci:.1f}" if ci is not None and pd.notna(ci) else "")
+
+
+def _objectives(data: SweepData) -> str:
+    """``metric `acc_1shot` (max)``, or every metric searched with its mode."""
+    if not data.multi:
+        return f"metric `{data.metric}` ({data.mode})"
+    return "metrics " + ", ".join(f"`{m}` ({d})" for m, d in zip(data.metrics, data.modes))
+
+
+def _pareto(data: SweepData) -> list[Block]:
+    """The trials on the Pareto front, with their params and objectives, best first in the first metric."""
+    front, candidates = sweep_front(data)
+    if front.empty:
+        return [("p", f"No finished trial reports every objective ({', '.join(data.metrics)}) yet: no front.")]
+    left = len(data.finished()) - len(candidates)
+    head = ["trial", *data.params, *(f"{m} ({d})" + (" ± CI" if SweepData.ci_for(m) else "")
+                                     for m, d in zip(data.metrics, data.modes)), "checkpoint"]
+    rows = [[str(r["trial_id"]).rsplit("_", 1)[-1], *(r.get(k) for k in data.params),
+             *(_acc_ci(r, data, m) for m in data.metrics),
+             f"`{r['checkpoint']}`" if r.get("checkpoint") else "-"] for _, r in front.iterrows()]
+    return [("p", (f"{len(front)} of {len(candidates)} finished trials are on the Pareto front of "
+                   f"{_objectives(data).removeprefix('metrics ')}: no other trial is as good in every objective "
+                   f"and better in one. Each is a best configuration for some trade-off; best "
+                   f"{data.metric} first." + (f" Left out: {left} finished trial(s) without every objective."
+                                               if left else ""))),
+            ("table", (head, rows))]
 
 
 def status_counts(data: SweepData) -> dict[str, int]:
@@ -116,11 +148,15 @@ def _trials_table(data: SweepData) -> list[Block]:
     finished = data.finished()
     order = finished.sort_values(data.metric, ascending=data.mode != "max") if not finished.empty else finished
     shown = order.head(MAX_TABLE_ROWS)
-    head = ["trial", *data.params, f"{data.metric} ± CI", "k", "diversity", "consistency", "M", "m", "best val acc",
-            "seconds"]
-    rows = [[str(r["trial_id"]).rsplit("_", 1)[-1], *(r.get(k) for k in data.params), _acc_ci(r, data), r.get("k"),
-             r.get("diversity"), r.get("consistency"), r.get("M"), r.get("m"), pct(r.get("val_acc")),
-             r.get("seconds")] for _, r in shown.iterrows()]
+    extra = [m for m in data.metrics[1:] if m != "seconds"]  # a multi-objective sweep's other objectives
+    gpu = "gpu_hours" in t and pd.to_numeric(t["gpu_hours"], errors="coerce").sum() > 0
+    spent = [c for c in (("gpu_hours" if gpu else "cpu_hours"), "dollars") if c in t and c not in extra]
+    head = ["trial", *data.params, f"{data.metric} ± CI", *extra, "k", "diversity", "consistency", "M", "m",
+            "best val acc", "seconds", *({"gpu_hours": "GPU-h", "cpu_hours": "CPU-h", "dollars": "$"}[c] for c in spent)]
+    rows = [[str(r["trial_id"]).rsplit("_", 1)[-1], *(r.get(k) for k in data.params), _acc_ci(r, data),
+             *(_acc_ci(r, data, m) for m in extra), r.get("k"), r.get("diversity"), r.get("consistency"),
+             r.get("M"), r.get("m"), pct(r.get("val_acc")), r.get("seconds"), *(r.get(c) for c in spent)]
+            for _, r in shown.iterrows()]
     legend = (f"Status: `finished` reported {data.metric}; `stopped early` reported without it and the scheduler "
               f"ended it; `incomplete` never reported before the sweep stopped; `interrupted` was cut off when the "
               f"sweep's driver stopped; `running` / `pending` are still going or waiting; `errored` raised "
@@ -222,6 +258,27 @@ def _recommendation(rec: Recommendation | None) -> list[Block]:
     return blocks
 
 
+def spend_line(trials: pd.DataFrame) -> str | None:
+    """Total spend of the trials that reported it (see :mod:`mtft_ray.sweep.cost`), or None.
+
+    >>> spend_line(pd.DataFrame({"gpu_hours": [0.5, 0.25, None], "cpu_hours": [2.0, 1.0, None]}))
+    '0.75 GPU-h, 3 CPU-h over 2 trial(s); the most: 0.5 GPU-h'
+    """
+    cols = [c for c in ("gpu_hours", "cpu_hours", "dollars") if c in trials]
+    if not cols:
+        return None
+    values = {c: pd.to_numeric(trials[c], errors="coerce") for c in cols}
+    n = int(max(v.notna().sum() for v in values.values()))
+    if not n:
+        return None
+    unit = {"gpu_hours": "GPU-h", "cpu_hours": "CPU-h"}
+    text = lambda c, v: f"${v:.2f}" if c == "dollars" else f"{v:.4g} {unit[c]}"
+    top = "gpu_hours" if values.get("gpu_hours", pd.Series(dtype=float)).sum() > 0 else "dollars" \
+        if "dollars" in values else "cpu_hours"
+    return (", ".join(text(c, v.sum()) for c, v in values.items()) + f" over {n} trial(s); the most: "
+            + text(top, values[top].max()))
+
+
 def build_report(data: SweepData, corr: list[Correlation], fit: Fit, importance: Importance,
                  rec: Recommendation | None, pngs: dict[str, bytes], skipped: dict[str, str],
                  files: list[str]) -> list[Block]:
@@ -231,8 +288,10 @@ def build_report(data: SweepData, corr: list[Correlation], fit: Fit, importance:
              else "ended" if data.ended else "still running (or interrupted: no trials.csv yet)")
     blocks: list[Block] = [
         ("h1", f"Sweep analysis: {data.name}"),
-        ("p", (f"Sweep `{data.location.uri}`, {state}; metric `{data.metric}` ({data.mode}). "
-               f"Trials: {len(data.trials)} ({counts}).")),
+        ("p", (f"Sweep `{data.location.uri}`, {state}; {_objectives(data)}. "
+               f"Trials: {len(data.trials)} ({counts})."
+               + (f" Spend: {spend_line(data.trials)} (per trial in the table and `trials.csv`)."
+                  if spend_line(data.trials) else ""))),
     ]
     if data.problems:
         blocks += [("p", "Could not read everything:"), ("list", data.problems)]
@@ -240,7 +299,9 @@ def build_report(data: SweepData, corr: list[Correlation], fit: Fit, importance:
     if len(warned):
         blocks += [("p", f"**Warnings** ({len(warned)} of {len(data.trials)} trials):"),
                    ("list", [f"trial {t.trial_id}: {t.warnings}" for t in warned.itertuples()])]
-    blocks += [("h2", "Best configuration"), *_best(data),
+    if data.multi:
+        blocks += [("h2", "Pareto front"), *_pareto(data)]
+    blocks += [("h2", f"Best configuration{f' by {data.metric}' if data.multi else ''}"), *_best(data),
                ("h2", "Recommendation for the next run"), *_recommendation(rec),
                ("h2", "Correlations"), *_correlations(data, corr), *_inclusions(data),
                ("h2", "Trend fit"), *_fit(data, fit),

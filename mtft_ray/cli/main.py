@@ -183,10 +183,7 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
 def _cmd_sweep(ns: argparse.Namespace) -> int:
     """Ray Tune + Optuna over an experiment's keys; ``--dry-run`` prints the space and cost only."""
     from mtft_ray.sweep.load import load_sweep
-    from mtft_ray.sweep.space import check_data, estimate_images, estimate_minutes, trial_count
-    from mtft_ray.train.calibration import machine_kind, train_rate, trial_overhead
-    from mtft_ray.sweep.tuner import format_trials, local_resources, run_sweep, sweep_storage
-    from mtft_ray.sweep.tuner import trial_plan as plan_trials
+    from mtft_ray.sweep.tuner import format_trials, run_sweep, sweep_storage
 
     path, overrides = _split_args(ns.args)
     if path is None:
@@ -195,30 +192,12 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
     where = sweep_storage(sweep, ns.out)
     keys = list(sweep.search.space)
     if ns.dry_run:
-        cluster = {"CPU": float(os.cpu_count() or 1), **local_resources(base)}
-        plan = plan_trials(sweep, base, cluster)
-        n = trial_count(sweep)
-        images = estimate_images(sweep, base)
-        print(f"sweep:       {sweep.name} ({sweep.search.algorithm}, {sweep.search.mode} {sweep.search.metric})")
-        for k, d in sweep.search.space.items():
-            print(f"  {k}: {d.describe()}")
-        print(f"trials:      {n}, {plan.concurrency} at a time on {cluster} (each holds {plan.per_trial})")
-        kind = machine_kind()
-        rate, rate_from = train_rate(kind, base.backbone.name, base.data.image_size, strategy=base.train.strategy,
-                                     workers=base.train.workers)
-        overhead, overhead_from = trial_overhead(kind)
-        minutes = estimate_minutes(sweep, base, plan.concurrency, rate, overhead)
-        print(f"cost:        ~{images:.0f} finetuning images per trial (M*m*epochs) at ~{rate:.0f} img/s + "
-              f"~{overhead:.0f} s per trial beside training -> ~{minutes:.1f} min on this machine ({kind}) with "
-              f"the data cached (the first run also renders and embeds it)")
-        print(f"             rate: {rate_from}")
-        print(f"             overhead: {overhead_from}")
-        check_data(sweep, base, path)
-        print("data:        every episode shape of the space fits the data")
-        print(f"output:      {where.uri('trials.csv')} (dry run: nothing trained)")
-        return 0
-    rows = run_sweep(sweep, base, ns.out, resume=ns.resume)
-    print(format_trials(rows, keys, sweep.search.metric))
+        return _sweep_dry_run(ns, path, sweep, base, where)
+    rows = run_sweep(sweep, base, ns.out, resume=ns.resume, add=ns.add)
+    print(format_trials(rows, keys, sweep.search.primary, sweep.search.metrics[1:]))
+    spent = {m: sum(r[m] for r in rows if isinstance(r.get(m), (int, float))) for m in ("gpu_hours", "cpu_hours", "dollars")}
+    print("spend:  " + ", ".join(f"{v:.4g} {k.replace('_', '-')}" for k, v in spent.items() if v or k != "dollars")
+          + (f" (budget {sweep.search.budget.caps()})" if sweep.search.budget else ""))
     failed = sum(r["status"] == "ERROR" for r in rows)
     incomplete = sum(r["status"] == "INCOMPLETE" for r in rows)
     stopped = sum(r["status"] == "STOPPED" for r in rows)
@@ -228,6 +207,112 @@ def _cmd_sweep(ns: argparse.Namespace) -> int:
         print("interrupted: rerun the same command to resume the sweep", file=sys.stderr)
         return 130
     return 1 if rows and failed == len(rows) else 0
+
+
+def _cmd_screen(ns: argparse.Namespace) -> int:
+    """Rank a sweep's task subsets from pretrained features, without finetuning."""
+    from mtft_ray.sweep.screen import format_screen, screen_sweep
+
+    path, overrides = _split_args(ns.args)
+    if path is None:
+        raise MtftError("give a sweep YAML whose search.space has a subset (e.g. sweeps/subsets-glyphs.yaml)")
+    if ns.top < 1 or ns.max_subsets < 1:
+        raise MtftError(f"--top and --max-subsets must be >= 1, got {ns.top} and {ns.max_subsets}")
+    out = _out_dir(ns.out or f"runs/screens/{Path(path).stem}")
+    doc = screen_sweep(path, overrides=overrides, out=out, max_subsets=ns.max_subsets, episodes=ns.episodes,
+                       seed=ns.seed, by=ns.by)
+    scored = (f"a seeded sample of {doc['subsets_scored']} of the {doc['subsets_total']} subsets (--max-subsets)"
+              if doc["sampled"] else f"all {doc['subsets_scored']} subsets")
+    print(f"screen of {doc['key']} for target {doc['target']} ({doc['backbone']} pretrained features): {scored}, "
+          f"ranked by {doc['rank_by']}" + (f" (mean rank of {', '.join(doc['combined'])})"
+                                           if doc["rank_by"] == "combined" else ""))
+    print(format_screen(doc, ns.top))
+    if len(doc["rows"]) > ns.top:
+        print(f"... {len(doc['rows']) - ns.top} more in {out / 'screen.csv'}")
+    print(f"\nwrote {out / 'screen.json'} and {out / 'screen.csv'} in {doc['seconds']['total']:.1f}s "
+          f"(scoring {doc['seconds']['scoring']:.1f}s)")
+    print(f"search the best: {doc['key']}: {{screen: {out / 'screen.json'}, top: {min(ns.top, 5)}}}  "
+          f"(a path relative to the sweep file)")
+    return 0
+
+
+def _sweep_dry_run(ns: argparse.Namespace, path: str, sweep, base, where) -> int:
+    """The space, trial count, concurrency and cost of a sweep, on this machine or on ``--cluster``."""
+    from mtft_ray.sweep.cost import check_budget, estimate_trial
+    from mtft_ray.sweep.space import check_data, trial_count
+    from mtft_ray.sweep.tuner import local_node, local_resources
+    from mtft_ray.sweep.tuner import trial_plan as plan_trials
+    from mtft_ray.train.calibration import machine_kind
+
+    n = trial_count(sweep)
+    price = ns.price_per_hour or sweep.search.price_per_hour
+    if ns.cluster:
+        from mtft_ray.cluster.check import check_cluster
+
+        report = check_cluster(ns.cluster, path, ns.args[1:])
+        cluster, per_trial, concurrency = report.sweep["cluster"], report.sweep["per_trial"], report.sweep["concurrency"]
+        node_type = _trial_node_type(report, per_trial)
+        kind = _node_kind(node_type)
+        price = ns.price_per_hour or node_type.price_per_hour or sweep.search.price_per_hour
+        node = node_type.resources
+        on = f"{ns.cluster} at full scale, trials on {node_type.name} ({node_type.instance_type or 'local'}, {kind})"
+    else:
+        cluster = {"CPU": float(os.cpu_count() or 1), **local_resources(base)}
+        plan = plan_trials(sweep, base, cluster)
+        per_trial, concurrency, kind = plan.per_trial, plan.concurrency, machine_kind()
+        node = sweep.search.node or local_node()
+        on = f"this machine ({kind})"
+    one, sources = estimate_trial(sweep, base, per_trial, kind, price, node)
+    waves = -(-n // concurrency)
+    print(f"sweep:       {sweep.name} ({sweep.search.algorithm}, "
+          f"{' / '.join(f'{m} {k}' for k, m in zip(sweep.search.metrics, sweep.search.modes))})")
+    for k, d in sweep.search.space.items():
+        print(f"  {k}: {d.describe()}")
+    print(f"trials:      {n}, {concurrency} at a time on {cluster} (each holds {per_trial})")
+    print(f"cost:        ~{one['seconds'] / 60:.1f} min per trial on {on} with the data cached -> ~"
+          f"{waves * one['seconds'] / 60:.1f} min wall for the sweep")
+    spend_line = f"{one['gpu_hours'] * n:.3g} GPU-h, {one['cpu_hours'] * n:.3g} CPU-h"
+    if "dollars" in one:
+        spend_line += f", ${one['dollars'] * n:.4g} at ${price:g}/node-h (${one['dollars']:.4g} per trial)"
+    else:
+        spend_line += " (no price: --price-per-hour, search.price_per_hour or the node type's label " \
+                      "mtft-ray.io/price-per-hour gives dollars)"
+    print(f"spend:       {spend_line}")
+    for line in sources:
+        print(f"             {line}")
+    if sweep.search.budget is not None:
+        caps = sweep.search.budget.caps()
+        if "dollars" in caps and "dollars" not in one:
+            raise MtftError(f"{path}: search.budget.dollars needs a price: --price-per-hour, search.price_per_hour "
+                            f"or the node type's label mtft-ray.io/price-per-hour")
+        check_budget(caps, one, path)
+        fit = min(int(cap // one[k]) if one[k] > 0 else n for k, cap in caps.items())
+        print(f"budget:      {', '.join(f'{k} {v:g}' for k, v in caps.items())}: ~{min(fit + 1, n)} of {n} trials "
+              f"start before it stops the sweep")
+    check_data(sweep, base, path)
+    print("data:        every episode shape of the space fits the data")
+    print(f"output:      {where.uri('trials.csv')} (dry run: nothing trained)")
+    return 0
+
+
+def _trial_node_type(report, per_trial: dict[str, float]):
+    """The worker node type a trial's GPUs (or CPUs) come from: the first that holds them."""
+    want = "GPU" if per_trial.get("GPU") else "CPU"
+    types = [t for t in report.node_types if (t.max_workers or t.head) and (t.resources or {}).get(want, 0) > 0]
+    if not types:
+        raise MtftError(f"{report.path}: no node type offers {want} for the trials' {per_trial}")
+    return types[0]
+
+
+def _node_kind(node_type) -> str:
+    """The calibration machine kind of a node type: ``gpu-a10g-x1`` or ``cpu-4c``."""
+    import re
+
+    res = node_type.resources or {}
+    if res.get("GPU"):
+        name = re.sub(r"[^a-z0-9]+", "-", re.sub(r"^nvidia[\s_-]*", "", (node_type.gpu_model or "unknown").lower()))
+        return f"gpu-{name.strip('-')}-x{int(res['GPU'])}"
+    return f"cpu-{int(res.get('CPU', 1))}c"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,9 +360,41 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="sweep folder, local or s3://bucket/prefix (default <storage.path>/<name>, "
                                   "else runs/sweeps/<name>)")
     sw.add_argument("--dry-run", action="store_true", help="print the space, trial count, concurrency and cost; exit")
+    sw.add_argument("--cluster", metavar="CLUSTER.yaml",
+                    help="with --dry-run: price the sweep on this Ray cluster YAML at full scale (its node types' "
+                         "calibrations and mtft-ray.io/price-per-hour labels)")
+    sw.add_argument("--price-per-hour", type=float, metavar="USD",
+                    help="hourly price of one node trials run on (overrides labels and search.price_per_hour)")
+    sw.add_argument("--add", type=int, metavar="N",
+                    help="extend the finished sweep in --out by N samples (a grid: N more repeats); the searcher "
+                         "starts warm with every finished trial")
     sw.add_argument("--resume", action="store_true",
                     help="continue the sweep stored in --out even if its config differs from CONFIG")
     sw.set_defaults(fn=_cmd_sweep)
+
+    sc = sub.add_parser("screen", help="rank a sweep's task subsets cheaply from pretrained features, no finetuning",
+                        description="Score every non-empty subset of a sweep's searched tasks.domains (or a seeded "
+                                    "sample of them) from the pretrained backbone's cached features: Algorithm 1's "
+                                    "consistency and diversity with the target, LogME, and prototype-classifier "
+                                    "accuracy on the subset's classes; write DIR/screen.json + screen.csv and print "
+                                    "the ranking. A sweep searches the best with tasks.domains: {screen: FILE, top: "
+                                    "K}; 'mtft-ray analyze' then reports how well each proxy ranked the results.")
+    sc.add_argument("args", nargs="+", metavar="SWEEP [key=value ...]",
+                    help="a sweep YAML whose search.space has tasks.domains: {subset: [...]}, then dotted overrides")
+    sc.add_argument("--out", metavar="DIR", help="output folder (default runs/screens/<sweep file name>); give the "
+                                                "sweep's folder after it ran and 'mtft-ray analyze' finds the screen")
+    sc.add_argument("--top", type=int, default=20, metavar="K", help="rows of the ranking printed (default 20)")
+    sc.add_argument("--max-subsets", type=int, default=256, metavar="N",
+                    help="score all subsets when there are at most N, else a seeded random sample of N (default 256)")
+    sc.add_argument("--episodes", type=int, default=300, metavar="E",
+                    help="prototype-classifier episodes per subset (default 300)")
+    sc.add_argument("--seed", type=int,
+                    help="seed of the subset sample, episodes and LogME draws (default: the sweep's)")
+    sc.add_argument("--by", default="combined", choices=["combined", "consistency", "diversity", "coverage", "logme",
+                                                         "proto_acc"],
+                    help="what the rank orders by (default combined: the mean rank of LogME and prototype "
+                         "accuracy)")
+    sc.set_defaults(fn=_cmd_screen)
 
     bench = sub.add_parser("bench", help="benchmarks that print JSON",
                            description="Benchmarks that print JSON, each against a baseline measured in the same "

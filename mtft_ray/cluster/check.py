@@ -67,6 +67,7 @@ class NodeType:
     min_workers: int
     max_workers: int
     market: str
+    price_per_hour: float | None = None  # the node type's label mtft-ray.io/price-per-hour (USD)
 
 
 @dataclass
@@ -262,8 +263,31 @@ def _node_types(raw: dict, prepared: dict) -> list[NodeType]:
             vcpus=(record.get("VCpuInfo") or {}).get("DefaultVCpus"),
             memory_gib=(record.get("MemoryInfo") or {}).get("SizeInMiB", 0) / 1024 or None,
             gpu_model=gpu_model(record), min_workers=int(t.get("min_workers", 0)),
-            max_workers=int(t.get("max_workers", 0)), market="spot" if market == "spot" else "on-demand"))
+            max_workers=int(t.get("max_workers", 0)), market="spot" if market == "spot" else "on-demand",
+            price_per_hour=node_price(name, t)))
     return out
+
+
+PRICE_LABEL = "mtft-ray.io/price-per-hour"
+
+
+def node_price(name: str, node_type: dict) -> float | None:
+    """A node type's hourly price from its label :data:`PRICE_LABEL` (a Ray node label: a string).
+
+    Raises:
+        MtftError: the label is not a positive number.
+    """
+    text = (node_type.get("labels") or {}).get(PRICE_LABEL)
+    if text is None:
+        return None
+    try:
+        price = float(text)
+    except ValueError:
+        price = -1.0
+    if not price > 0:
+        raise MtftError(f"available_node_types.{name}.labels.{PRICE_LABEL}: {text!r} is not a positive price "
+                        f"per hour (USD, e.g. \"1.01\")")
+    return price
 
 
 def _local_node_types(raw: dict, prepared: dict) -> list[NodeType]:

@@ -25,6 +25,7 @@ from mtft_ray.config.load import config_hash
 from mtft_ray.config.schema import ExperimentConfig, StorageConfig
 from mtft_ray.experiment import run_experiment
 from mtft_ray.io import verify_digest
+from mtft_ray.sweep.cost import spend
 from mtft_ray.sweep.space import with_params
 
 
@@ -108,7 +109,8 @@ def finished_result(run_dir: Path, cfg: ExperimentConfig) -> dict | None:
 
 
 def trial_driver(params: dict[str, Any], base: ExperimentConfig, threads: int | None = None,
-                 storage: StorageConfig | None = None) -> None:
+                 storage: StorageConfig | None = None, per_trial: dict[str, float] | None = None,
+                 price_per_hour: float | None = None, node: dict[str, float] | None = None) -> None:
     """Tune function trainable: run the experiment for ``params``, report each epoch and the result.
 
     Args:
@@ -118,6 +120,8 @@ def trial_driver(params: dict[str, Any], base: ExperimentConfig, threads: int | 
         storage: the sweep's S3 storage settings; Ray Train workers of this trial then keep
             their checkpoints under ``<sweep>/<trial>/train`` there (shared by every node),
             unless the base experiment names its own ``storage.path``.
+        per_trial, price_per_hour, node: what the trial holds and what a node costs: its spend
+            metrics (:func:`mtft_ray.sweep.cost.spend`) are reported with the result.
     """
     from ray import tune  # inside a Tune trial only
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -129,5 +133,6 @@ def trial_driver(params: dict[str, Any], base: ExperimentConfig, threads: int | 
         result = run_experiment(cfg, trial_dir, on_epoch=lambda m: tune.report(epoch_metrics(m)),
                                 train_callbacks=[TuneReportCallback()] if cfg.train.workers else ())
     final = metrics_from_result(result, trial_dir)
+    final.update(spend(final["seconds"], per_trial or {}, price_per_hour, node))
     hist = (result.get("histories") or {}).get(final["method"]) or []
     tune.report({**final, "epoch": hist[-1]["epoch"] if hist else 0})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from mtft_ray.config.load import validate
@@ -33,7 +34,8 @@ def check_space(sweep: SweepConfig, base: ExperimentConfig, where: str) -> None:
     """Fail before any trial if a key is unknown or a value the space can produce is invalid.
 
     Every choice and both ends of every range are set, one at a time, on the base experiment and
-    validated with :class:`ExperimentConfig`; the metric must name a shot that is evaluated.
+    validated with :class:`ExperimentConfig`; each metric searched must be one that trials report
+    (an evaluated shot's accuracy, time, spend, sizes: :func:`_check_metric`).
     Limits that depend on the data (more ways than classes) are :func:`check_data`'s.
     """
     space = sweep.search.space
@@ -48,19 +50,57 @@ def check_space(sweep: SweepConfig, base: ExperimentConfig, where: str) -> None:
         if ranged:
             raise MtftError(f"{where}: search.algorithm 'grid' needs choice lists or subsets; ranges at {ranged}")
     for key, d in space.items():
-        if d.subset is not None and sweep.search.algorithm != "optuna" and 2 ** len(d.subset) - 1 > MAX_SUBSETS:
+        if d.kind == "subset" and sweep.search.algorithm != "optuna" and 2 ** len(d.subset) - 1 > MAX_SUBSETS:
             raise MtftError(f"{where}: search.space.{key}: {sweep.search.algorithm} search enumerates the "
                             f"{2 ** len(d.subset) - 1:,} non-empty subsets of {len(d.subset)} items (at most "
                             f"{MAX_SUBSETS:,}); use algorithm 'optuna', which samples one include flag per item")
-    metric = sweep.search.metric
-    if metric.startswith("acc_") and metric.endswith("shot"):
-        shots = {int(s) for s in base.eval.shots}
-        for s in space.get("eval.shots", Distribution(choice=[None])).choice or []:
-            shots &= set(s or shots)
-        shot = metric.removeprefix("acc_").removesuffix("shot")
-        if not shot.isdigit() or int(shot) not in shots:
-            raise MtftError(f"{where}: search.metric {metric!r} is not reported; eval.shots are {sorted(shots)} "
+    for metric in sweep.search.metrics:
+        _check_metric(metric, sweep, base, where)
+
+
+# what every finished trial reports beside its accuracies (mtft_ray/sweep/driver.py), and what
+# only some do: dollars when priced, val_acc with validation classes, selection_* with a selection
+TRIAL_METRICS = ("seconds", "trial_hours", "gpu_hours", "cpu_hours", "dollars", "train_seconds", "images_per_s",
+                 "M", "m", "Mm", "val_acc", "selection_k", "selection_diversity", "selection_coverage",
+                 "selection_mean_consistency")
+
+
+def _evaluated_shots(sweep: SweepConfig, base: ExperimentConfig) -> list[int]:
+    """The shots every trial evaluates: the base's, narrowed by a searched ``eval.shots``."""
+    shots = {int(s) for s in base.eval.shots}
+    for s in sweep.search.space.get("eval.shots", Distribution(choice=[None])).choice or []:
+        shots &= set(s or shots)
+    return sorted(shots)
+
+
+def _check_metric(metric: str, sweep: SweepConfig, base: ExperimentConfig, where: str) -> None:
+    """``metric`` is one trials report: ``[<method>_]acc_<shot>shot`` of an evaluated shot and
+    method, or one of :data:`TRIAL_METRICS` (``dollars`` only with ``search.price_per_hour``).
+
+    >>> s = SweepConfig.model_validate({"search": {"space": {"tasks.M": {"int": [2, 8]}}}})
+    >>> _check_metric("gpu_hours", s, ExperimentConfig(), "s.yaml")
+    >>> _check_metric("acc_2shot", s, ExperimentConfig(), "s.yaml")
+    Traceback (most recent call last):
+    ...
+    mtft_ray.errors.MtftError: s.yaml: search.metric 'acc_2shot' is not reported; eval.shots are [1, 5] (metrics are acc_<shot>shot)
+    """
+    shots = _evaluated_shots(sweep, base)
+    methods = list(base.methods)
+    for choice in sweep.search.space.get("methods", Distribution(choice=[None])).choice or []:
+        methods += [m for m in choice or [] if m not in methods]
+    acc = re.fullmatch(r"(?:(\w+?)_)?acc_(\w*)shot", metric)
+    if acc and (acc.group(1) is None or acc.group(1) in methods):
+        if not acc.group(2).isdigit() or int(acc.group(2)) not in shots:
+            raise MtftError(f"{where}: search.metric {metric!r} is not reported; eval.shots are {shots} "
                             f"(metrics are acc_<shot>shot)")
+        return
+    if metric == "dollars" and not sweep.search.price_per_hour:
+        raise MtftError(f"{where}: search.metric 'dollars' needs search.price_per_hour (what one node costs an hour)")
+    if metric not in TRIAL_METRICS:
+        reported = [f"{p}acc_{s}shot" for p in ("", *(f"{m}_" for m in methods)) for s in shots]
+        reported += [f"{m} (with search.price_per_hour)" if m == "dollars" else m for m in TRIAL_METRICS]
+        raise MtftError(f"{where}: search.metric {metric!r} is not reported by trials; they report "
+                        f"{', '.join(reported)}")
 
 
 # keys whose values decide whether episodes and tasks can be drawn from the data at all, or
@@ -133,9 +173,10 @@ def _primitive(v: Any) -> bool:
 def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
     """Optuna's define-by-run space: one trial's values, keyed by dotted experiment keys.
 
-    ``choice`` → a categorical (list-valued choices travel as JSON text), ``int`` / ``float`` →
-    ranges. A ``subset`` → one boolean include flag per item (:func:`flag_name`); the last item's
-    flag is asked only if an earlier one is on, else it is on, so a subset is never empty.
+    ``choice`` → a categorical (list-valued choices, such as a screen's top subsets, travel as
+    JSON text), ``int`` / ``float`` → ranges. A ``subset`` → one boolean include flag per item
+    (:func:`flag_name`); the last item's flag is asked only if an earlier one is on, else it is
+    on, so a subset is never empty.
 
     Args:
         trial: an ``optuna.Trial`` (Ray's OptunaSearch passes a recording wrapper of one).
@@ -144,7 +185,7 @@ def suggest(trial, space: dict[str, dict]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, spec in space.items():
         d = Distribution.model_validate(spec)
-        if d.subset is not None:
+        if d.kind == "subset":
             flags: list[bool] = []
             for i, item in enumerate(d.subset):
                 forced = i == len(d.subset) - 1 and not any(flags)

@@ -39,9 +39,12 @@ from mtft_ray.errors import MtftError
 from mtft_ray.lock import LOCK_NAME, FolderLock
 from mtft_ray.ray_cluster import DRIVER_RESOURCE, cluster_capacity, ensure_ray
 from mtft_ray.storage import Storage, open_storage, probe_storage
+from mtft_ray.sweep.cost import BudgetGate, check_budget, estimate_trial
 from mtft_ray.sweep.driver import trial_driver
+from mtft_ray.sweep.history import finished_trials, read_sweep_doc
 from mtft_ray.sweep.schema import DRIVER_FILE, HEARTBEAT_S, SweepConfig, sweep_hash
-from mtft_ray.sweep.space import check_data, suggest, tune_space
+from mtft_ray.sweep.space import check_data, suggest, trial_count, tune_space
+from mtft_ray.sweep.tracking import check_tracking, tracking_callbacks
 from mtft_ray.train.plan import worker_resources
 
 log = logging.getLogger("mtft_ray")
@@ -105,22 +108,47 @@ def local_resources(cfg: ExperimentConfig) -> dict[str, float]:
     return {DRIVER_RESOURCE: float(max(1, math.floor(cpus / per)) if per else 1)}
 
 
-def _search_alg(sweep: SweepConfig, concurrency: int, study: str | None):
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+def _search_alg(sweep: SweepConfig, concurrency: int, study: str | None, *, segment: int = 0,
+                past: list = (), gate=None, where: str = "sweep"):
+    """The search algorithm of one segment: Optuna (TPE / NSGA-II) behind a ConcurrencyLimiter, or
+    Tune's random / grid generator; a budget gate around either when ``gate`` is given.
+
+    Each segment's sampler is seeded ``seed + segment``, so an extension does not redraw the
+    first segment's random start-up points. ``past`` trials (:class:`~mtft_ray.sweep.history.PastTrial`)
+    are replayed into the Optuna study unless its RDB storage already holds trials.
+    """
+    from ray.tune.search import ConcurrencyLimiter
+
+    from mtft_ray.sweep.budget import BudgetedVariantGenerator, BudgetLimiter  # they import Ray Tune
 
     s = sweep.search
+    seed = sweep.seed + segment
     if s.algorithm == "optuna":
         import optuna
 
-        from mtft_ray.sweep.hooks import FinalMetricOptuna  # it imports Ray Tune
+        from mtft_ray.sweep.history import replay
+        from mtft_ray.sweep.hooks import FinalMetricOptuna, optuna_sampler  # they import Ray Tune
 
-        storage = optuna.storages.RDBStorage(study) if study else None  # optuna-dashboard reads it
-        space = functools.partial(suggest, space={k: d.model_dump(mode="json", by_alias=True, exclude_none=True)
-                                                  for k, d in s.space.items()})
-        return ConcurrencyLimiter(FinalMetricOptuna(space=space, metric=s.metric, mode=s.mode, seed=sweep.seed,
-                                                    study_name=sweep.name if study else None, storage=storage),
-                                  max_concurrent=concurrency)
-    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrency)
+        plain = {k: d.model_dump(mode="json", by_alias=True, exclude_none=True) for k, d in s.space.items()}
+        storage = optuna.storages.RDBStorage(study) if study else optuna.storages.InMemoryStorage()
+        name = sweep.name if study else "mtft-ray"
+        directions = ["maximize" if m == "max" else "minimize" for m in s.modes]
+        ot_study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
+        if past and not ot_study.trials:  # an RDB study already holds every trial it ran
+            added, skipped = replay(ot_study, list(past), plain)
+            log.warning("%s: searcher warm with %d finished trial(s)%s", where, added,
+                        f"; {len(skipped)} did not fit this space: {', '.join(skipped[:5])}" if skipped else "")
+        searcher = FinalMetricOptuna(space=functools.partial(suggest, space=plain),
+                                     metric=s.metrics if s.multi else s.primary,
+                                     mode=s.modes if s.multi else s.modes[0], sampler=optuna_sampler(s, seed),
+                                     study_name=name, storage=storage)
+        alg = ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+        return BudgetLimiter(alg, gate) if gate is not None else alg
+    from ray.tune.search import BasicVariantGenerator
+
+    if gate is not None:
+        return BudgetedVariantGenerator(gate, random_state=seed, max_concurrent=concurrency)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)
 
 
 def _scheduler(sweep: SweepConfig):
@@ -154,25 +182,27 @@ def study_url(sweep: SweepConfig, storage: Storage) -> str | None:
     return f"sqlite:///{storage.path(url)}"
 
 
-def _check_folder(storage: Storage, digest: str, resume: bool) -> bool:
-    """True when the sweep folder holds this sweep (or ``resume`` forces it); refuse a different one."""
+def _check_folder(storage: Storage, digest: str, resume: bool) -> dict | None:
+    """The stored ``sweep.json`` when the folder holds this sweep (or ``resume`` forces it; then
+    ``forced`` is set in it), None for an empty folder; refuse a different sweep."""
     import pyarrow.fs as pafs
 
     if not storage.exists("sweep.json"):
         entries = storage.filesystem.get_file_info(pafs.FileSelector(storage.root, allow_not_found=True))
         if [e for e in entries if PurePosixPath(e.path).name != LOCK_NAME]:  # our own lock is there already
             raise MtftError(f"{storage.uri()} is not empty and holds no sweep.json: choose another --out")
-        return False
-    stored = json.loads(storage.read_bytes("sweep.json")).get("hash")
+        return None
+    doc = read_sweep_doc(storage)
+    stored = doc.get("hash")
     if stored != digest and not resume:
         raise MtftError(f"{storage.uri()} holds a different sweep (config hash {stored}, this one {digest}); "
                         f"choose another --out, or pass --resume to continue the stored sweep")
-    return True
+    return {**doc, "forced": stored != digest}
 
 
 def run_sweep(sweep: SweepConfig, base: ExperimentConfig, out: str | Path | None = None, *, resume: bool = False,
-              progress: bool = True) -> list[dict]:
-    """Run (or resume) the sweep; write ``trials.csv`` into its folder and return its rows.
+              progress: bool = True, add: int | None = None) -> list[dict]:
+    """Run, resume or extend the sweep; write ``trials.csv`` into its folder and return its rows.
 
     Args:
         sweep: the validated sweep.
@@ -181,6 +211,8 @@ def run_sweep(sweep: SweepConfig, base: ExperimentConfig, out: str | Path | None
             Tune's experiment folder.
         resume: continue the sweep stored there even if its config hash differs.
         progress: print where the sweep runs and one line per finished trial (stdout).
+        add: run this many more samples than the folder's finished sweep holds (a grid: more
+            repeats of it); without it, a finished sweep is extended up to ``search.num_samples``.
     """
     storage = sweep_storage(sweep, out)
     if storage.scheme == "local":
@@ -188,26 +220,41 @@ def run_sweep(sweep: SweepConfig, base: ExperimentConfig, out: str | Path | None
         Path(storage.root).parent.mkdir(parents=True, exist_ok=True)
     else:
         probe_storage(storage, sweep.storage)  # unreachable endpoint, missing bucket: fail now
+    if add is not None and add < 1:
+        raise MtftError(f"--add {add}: give a positive number of samples to add")
     with FolderLock(storage, "sweep"):  # a second sweep into this folder exits naming this one
-        return _run_sweep(sweep, base, storage, resume, progress)
+        return _run_sweep(sweep, base, storage, resume, progress, add)
 
 
-def _run_sweep(sweep: SweepConfig, base: ExperimentConfig, storage: Storage, resume: bool, progress: bool) -> list[dict]:
+def _run_sweep(sweep: SweepConfig, base: ExperimentConfig, storage: Storage, resume: bool, progress: bool,
+               add: int | None = None) -> list[dict]:
     from ray import tune  # heavy: only a running sweep needs Tune
 
     digest = sweep_hash(sweep, base)
-    existing = _check_folder(storage, digest, resume)
+    doc = _check_folder(storage, digest, resume)
     study = study_url(sweep, storage)
-    if not existing:
+    warm = warm_start_trials(sweep) if sweep.search.warm_start and doc is None else []
+    if doc is None:
         check_data(sweep, base, f"sweep {sweep.name}")  # more ways than classes and the like, before Ray starts
+    tracking = check_tracking(sweep, f"sweep {sweep.name}")  # MLflow up, W&B logged in: before Ray starts
     dashboard = ensure_ray(resources=local_resources(base))
     plan = trial_plan(sweep, base, cluster_capacity())
     if progress:
         print(f"sweep {sweep.name}: {storage.where()}; {plan.concurrency} trial(s) at a time; Ray "
              + (f"dashboard {dashboard}" if dashboard else "local (no dashboard)"), flush=True)
+    node = sweep.search.node or local_node()
+    gate = None
+    if sweep.search.budget is not None:
+        if sweep.search.budget.dollars and not sweep.search.price_per_hour:
+            raise MtftError(f"sweep {sweep.name}: search.budget.dollars needs search.price_per_hour (what one node "
+                            f"of the trials costs an hour) to count the trials' dollars")
+        one, _ = estimate_trial(sweep, base, plan.per_trial, node=node)
+        check_budget(sweep.search.budget.caps(), one, f"sweep {sweep.name}")
+        gate = BudgetGate(sweep.search.budget.caps(), one)
     trial_storage = sweep.storage.model_copy(update={"path": storage.uri()}) if storage.scheme == "s3" else None
     trainable = tune.with_resources(tune.with_parameters(trial_driver, base=base, threads=plan.threads,
-                                                         storage=trial_storage),
+                                                         storage=trial_storage, per_trial=plan.per_trial,
+                                                         price_per_hour=sweep.search.price_per_hour, node=node),
                                     tune.PlacementGroupFactory([plan.driver]))
     # per-epoch reports carry val_acc (what ASHA watches) but not the final metric
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -215,32 +262,157 @@ def _run_sweep(sweep: SweepConfig, base: ExperimentConfig, storage: Storage, res
     from mtft_ray.sweep.hooks import TrialLines  # it imports Ray Tune
 
     callbacks = [TrialLines(sweep.search.metric, list(sweep.search.space))] if progress else []
-    if existing and tune.Tuner.can_restore(storage.root, storage_filesystem=fs):
-        log.warning("resuming sweep in %s", storage.uri())
-        tuner = tune.Tuner.restore(storage.root, trainable, resume_errored=True, storage_filesystem=fs)
-    else:
-        storage.write_bytes(json.dumps({"hash": digest, "sweep": sweep.model_dump(mode="json", by_alias=True),
-                                        "base": base.model_dump(mode="json")}, indent=1).encode(), "sweep.json")
-        tuner = tune.Tuner(
+    callbacks += tracking_callbacks(sweep, storage, tracking)
+    keys, metric = list(sweep.search.space), sweep.search.primary
+
+    def fit(tuner, prior: list[dict]) -> list[dict]:
+        beating = _heartbeat(storage)
+        try:
+            grid = tuner.fit()
+        finally:
+            beating.set()
+        rows = prior + trial_rows(grid, keys, metric, storage)
+        storage.write_bytes(trials_csv(rows).encode(), "trials.csv")
+        return rows
+
+    def new_tuner(segment: int, num_samples: int, past: list, seg_gate) -> object:
+        return tune.Tuner(
             trainable,
             param_space={} if sweep.search.algorithm == "optuna" else tune_space(sweep),
-            tune_config=tune.TuneConfig(search_alg=_search_alg(sweep, plan.concurrency, study),
+            tune_config=tune.TuneConfig(search_alg=_search_alg(sweep, plan.concurrency, study, segment=segment,
+                                                               past=past, gate=seg_gate, where=f"sweep {sweep.name}"),
                                         # the searcher limits concurrency (ConcurrencyLimiter, max_concurrent)
-                                        scheduler=_scheduler(sweep), num_samples=sweep.search.num_samples),
+                                        scheduler=_scheduler(sweep), num_samples=num_samples),
             run_config=tune.RunConfig(name=PurePosixPath(storage.root).name,
                                       storage_path=str(PurePosixPath(storage.root).parent), storage_filesystem=fs,
                                       verbose=0, callbacks=callbacks,
                                       sync_config=tune.SyncConfig(sync_artifacts=True),  # each trial's run/
                                       failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
         )
-    beating = _heartbeat(storage)
-    try:
-        grid = tuner.fit()
-    finally:
-        beating.set()
-    rows = trial_rows(grid, list(sweep.search.space), sweep.search.metric, storage)
-    storage.write_bytes(trials_csv(rows).encode(), "trials.csv")
+
+    if doc is None:  # a new sweep: segment 0
+        segments = [_segment(sweep.search.num_samples, None)]
+        _write_doc(storage, digest, sweep, base, segments)
+        rows = fit(new_tuner(0, sweep.search.num_samples, warm, gate), [])
+        return _close_segment(storage, digest, sweep, base, segments, rows)
+    segments = doc.get("segments") or [_segment(doc["sweep"]["search"]["num_samples"], None)]  # older folders
+    rows = read_trials_csv(storage)
+    unfinished = not segments[-1].get("finished", rows is not None and not _incomplete(rows))
+    if unfinished or doc["forced"]:
+        if not tune.Tuner.can_restore(storage.root, storage_filesystem=fs):
+            raise MtftError(f"{storage.uri()}: sweep.json is there but Tune's experiment state is not; the sweep "
+                            f"was interrupted before its first trial started: delete the folder and rerun")
+        log.warning("resuming sweep in %s", storage.uri())
+        prior = read_trials_csv(storage, segments[-1]["prior"]) if segments[-1].get("prior") else []
+        rows = fit(tune.Tuner.restore(storage.root, trainable, resume_errored=True, storage_filesystem=fs), prior)
+        rows = _close_segment(storage, doc["hash"], sweep, base, segments, rows, keep_doc=doc if doc["forced"] else None)
+        if _incomplete(rows) or doc["forced"]:
+            return rows
+    per = sweep_grid_size(sweep)
+    done = sum(r["status"] != "INCOMPLETE" for r in rows) // per
+    target = done + add if add is not None else sweep.search.num_samples
+    if target <= done:
+        if progress and add is None and target < done:
+            print(f"sweep {sweep.name}: {done} sample(s) already finished (search.num_samples {target}); "
+                  f"nothing to run (--add N, or a larger num_samples, extends it)", flush=True)
+        return rows
+    k = len(segments)
+    prior_file = f"trials-before-{k}.csv"
+    storage.write_bytes(trials_csv(rows).encode(), prior_file)
+    segments.append(_segment(target - done, prior_file))
+    _write_doc(storage, digest, sweep, base, segments)
+    if progress:
+        print(f"sweep {sweep.name}: extending {done} finished sample(s) by {target - done} (segment {k})", flush=True)
+    if gate is not None:
+        for r in rows:
+            gate.finished({m: r.get(m) for m in gate.caps})
+    past = []
+    if sweep.search.algorithm == "optuna":  # this sweep's finished trials, and the warm start's, seed the searcher
+        past = finished_trials(storage, sweep.search.metrics) + (warm_start_trials(sweep) if sweep.search.warm_start
+                                                                   else [])
+    rows = fit(new_tuner(k, target - done, past, gate), rows)
+    return _close_segment(storage, digest, sweep, base, segments, rows)
+
+
+def _segment(num_samples: int, prior: str | None) -> dict:
+    """One run of a Tuner in the sweep folder: the samples it adds and the file listing the trials before it."""
+    return {"num_samples": num_samples, "prior": prior, "started": time.time(), "finished": False}
+
+
+def _write_doc(storage: Storage, digest: str, sweep: SweepConfig, base: ExperimentConfig, segments: list[dict]) -> None:
+    storage.write_bytes(json.dumps({"hash": digest, "sweep": sweep.model_dump(mode="json", by_alias=True),
+                                    "base": base.model_dump(mode="json"), "segments": segments}, indent=1).encode(),
+                        "sweep.json")
+
+
+def _close_segment(storage: Storage, digest: str, sweep: SweepConfig, base: ExperimentConfig, segments: list[dict],
+                   rows: list[dict], keep_doc: dict | None = None) -> list[dict]:
+    """Mark the last segment finished in ``sweep.json`` when none of its trials is left incomplete."""
+    if not _incomplete(rows):
+        segments[-1]["finished"] = True
+        if keep_doc is not None:  # a forced resume keeps the stored sweep's record
+            storage.write_bytes(json.dumps({k: v for k, v in {**keep_doc, "segments": segments}.items()
+                                            if k != "forced"}, indent=1).encode(), "sweep.json")
+        else:
+            _write_doc(storage, digest, sweep, base, segments)
     return rows
+
+
+def _incomplete(rows: list[dict]) -> bool:
+    return any(r.get("status") == "INCOMPLETE" for r in rows)
+
+
+def sweep_grid_size(sweep: SweepConfig) -> int:
+    """Trials per sample: the grid's size for a grid search, else 1."""
+    return trial_count(sweep.model_copy(update={"search": sweep.search.model_copy(update={"num_samples": 1})}))
+
+
+def read_trials_csv(storage: Storage, name: str = "trials.csv") -> list[dict] | None:
+    """The rows of a ``trials.csv`` written by :func:`trials_csv` (numbers parsed back), or None if absent."""
+    if not storage.exists(name):
+        return None
+    text = storage.read_bytes(name).decode()
+    return [{k: _parse(v) for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(io.StringIO(text))]
+
+
+def _parse(v: str) -> Any:
+    if "_" in v:  # int() reads "1_000"; a trial id is text
+        return v
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
+
+
+def warm_start_trials(sweep: SweepConfig) -> list:
+    """The finished trials of ``search.warm_start``'s sweep folder, checked against this sweep.
+
+    Raises:
+        MtftError: the folder is not a sweep, or searched another metric or other keys.
+    """
+    src = open_storage(sweep.storage.model_copy(update={"path": sweep.search.warm_start}))
+    doc = read_sweep_doc(src)
+    theirs = doc["sweep"].get("search") or {}
+    their_metrics = theirs.get("metric") if isinstance(theirs.get("metric"), list) else [theirs.get("metric")]
+    if their_metrics != sweep.search.metrics:
+        raise MtftError(f"search.warm_start {src.uri()} searched {their_metrics}, this sweep {sweep.search.metrics}: "
+                        f"its trials cannot seed this search")
+    if sweep.search.algorithm != "optuna":
+        raise MtftError(f"search.warm_start seeds an Optuna search; algorithm is {sweep.search.algorithm!r}")
+    shared = set(theirs.get("space") or {}) & set(sweep.search.space)
+    if not shared:
+        raise MtftError(f"search.warm_start {src.uri()} searched {sorted(theirs.get('space') or {})}, none of this "
+                        f"sweep's keys {sorted(sweep.search.space)}")
+    return finished_trials(src, sweep.search.metrics)
+
+
+def local_node() -> dict[str, float]:
+    """This machine's CPUs and GPUs: the node a trial's share of ``search.price_per_hour`` is taken of."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
 def _check_writable(root: Path) -> None:
@@ -324,8 +496,17 @@ def trials_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def format_trials(rows: list[dict], keys: list[str], metric: str) -> str:
-    """A concise per-trial table: params, accuracy ± CI, selection diversity / consistency, M, m."""
+def format_trials(rows: list[dict], keys: list[str], metric: str,
+                  extra_metrics: list[str] | tuple[str, ...] = ()) -> str:
+    """A concise per-trial table: params, accuracy ± CI, the ``extra_metrics`` (a multi-objective
+    sweep's other objectives: accuracies in percent), selection diversity / consistency, M, m.
+
+    >>> rows = [{"trial_id": "t_00000", "status": "TERMINATED", "tasks.M": 4, "acc_1shot": 0.5,
+    ...          "ci95_1shot": 0.02, "cpu_hours": 0.0125, "M": 4, "m": 9}]
+    >>> print(format_trials(rows, ["tasks.M"], "acc_1shot", ["cpu_hours"]))
+    trial  status      tasks.M  acc_1shot  ±ci95  cpu_hours  k  diversity  consistency  M  m
+    00000  TERMINATED  4        50.00      2.00   0.0125     -  -          -            4  9
+    """
     shot = metric.removeprefix("acc_") if metric.startswith("acc_") else None
     ci = f"ci95_{shot}" if shot else None
 
@@ -336,10 +517,13 @@ def format_trials(rows: list[dict], keys: list[str], metric: str) -> str:
             return f"{100 * v:.2f}" if pct else f"{v:.3g}" if short else f"{v:.3f}"
         return str(v)
 
-    head = ["trial", "status", *keys, metric, "±ci95", "k", "diversity", "consistency", "M", "m"]
+    extra = [m for m in extra_metrics if m != metric]
+    is_acc = lambda m: "acc_" in m and m.endswith("shot")
+    head = ["trial", "status", *keys, metric, "±ci95", *extra, "k", "diversity", "consistency", "M", "m"]
     body = [[str(r["trial_id"]).rsplit("_", 1)[-1], r["status"], *(fmt(r.get(k), short=True) for k in keys),
-             fmt(r.get(metric), True),
-             fmt(r.get(ci), True) if ci else "-", fmt(r.get("selection_k")), fmt(r.get("selection_diversity")),
+             fmt(r.get(metric), True), fmt(r.get(ci), True) if ci else "-",
+             *(fmt(r.get(m), pct=is_acc(m), short=not is_acc(m)) for m in extra),
+             fmt(r.get("selection_k")), fmt(r.get("selection_diversity")),
              fmt(r.get("selection_mean_consistency")), fmt(r.get("M")), fmt(r.get("m"))] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))

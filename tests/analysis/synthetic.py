@@ -90,12 +90,15 @@ def write_trial(root: Path, i: int, t: Trial) -> Path:
 
 
 def make_sweep(root: Path, trials: list[Trial], *, ended: bool = True, space: dict | None = None,
-               name: str = "synthetic") -> Path:
-    """A sweep folder at ``root``: sweep.json, one Tune trial folder per trial, trials.csv when ``ended``."""
+               name: str = "synthetic", metric: str | list[str] = "acc_1shot", mode: str | list[str] = "max") -> Path:
+    """A sweep folder at ``root``: sweep.json, one Tune trial folder per trial, trials.csv when ``ended``.
+
+    ``metric`` / ``mode`` lists make it a multi-objective sweep; a trial's other objectives
+    (``seconds``, ``gpu_hours``, ...) go in its ``extra``."""
     root.mkdir(parents=True, exist_ok=True)
     space = space or space_of(trials)
     (root / "sweep.json").write_text(json.dumps({"hash": "0123456789ab", "sweep": {
-        "name": name, "search": {"space": space, "algorithm": "optuna", "metric": "acc_1shot", "mode": "max",
+        "name": name, "search": {"space": space, "algorithm": "optuna", "metric": metric, "mode": mode,
                                  "num_samples": len(trials)}}, "base": BASE}))
     for i, t in enumerate(trials):
         write_trial(root, i, t)

@@ -15,7 +15,8 @@ from mtft_ray.analysis.plots import CAPTIONS
 from mtft_ray.errors import MtftError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOTS = sorted(set(CAPTIONS) - {"subsets.png"})  # subsets.png: only for sweeps that search a subset
+PLOTS = sorted(set(CAPTIONS) - {"subsets.png", "pareto.png"})  # only for sweeps that search a subset,
+# and for multi-objective sweeps
 TREND_SPACE = {"selection.strategy": {"choice": ["random", "selected", "no_diversity"]}, "tasks.M": {"int": [25, 400]}}
 
 

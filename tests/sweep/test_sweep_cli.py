@@ -72,7 +72,7 @@ def test_sweep_end_to_end_resume_and_conflict(tmp_path, tree):
     assert [(x["trial_id"], x["acc_1shot"]) for x in rows2] == [(x["trial_id"], x["acc_1shot"]) for x in rows]
 
     # a different sweep in the same folder is refused, unless --resume
-    other = mtft("sweep", str(path), "search.num_samples=3", "--out", str(out), cwd=tmp_path)
+    other = mtft("sweep", str(path), "seed=3", "--out", str(out), cwd=tmp_path)
     assert other.returncode == 2 and "holds a different sweep" in other.stderr and "--resume" in other.stderr
     assert read_rows(out) == rows2
 

@@ -70,9 +70,10 @@ def test_base_from_file_with_overrides_and_cli_overrides(tmp_path):
     # expected images per trial: M * m * epochs, with the defaults' m = 5 * (1 + 4)
     assert estimate_images(sweep, base) == 30 * 25 * 2
     h = sweep_hash(sweep, base)
-    sweep2, base2 = load_sweep(path, ["search.num_samples=4", "finetune.epochs=2"])
-    assert sweep_hash(sweep2, base2) != h and sweep_hash(*load_sweep(path, ["search.num_samples=3",
-                                                                            "finetune.epochs=2"])) == h
+    # more samples (or another budget) is the same sweep, extended; another experiment is not
+    assert sweep_hash(*load_sweep(path, ["search.num_samples=8", "search.budget={cpu_hours: 1}",
+                                         "finetune.epochs=2"])) == h
+    assert sweep_hash(*load_sweep(path, ["search.num_samples=3", "finetune.epochs=3"])) != h
 
 
 def test_grid_space_trial_count_and_apply():
