@@ -299,12 +299,20 @@ def _run_sweep(sweep: SweepConfig, base: ExperimentConfig, storage: Storage, res
     rows = read_trials_csv(storage)
     unfinished = not segments[-1].get("finished", rows is not None and not _incomplete(rows))
     if unfinished or doc["forced"]:
-        if not tune.Tuner.can_restore(storage.root, storage_filesystem=fs):
-            raise MtftError(f"{storage.uri()}: sweep.json is there but Tune's experiment state is not; the sweep "
-                            f"was interrupted before its first trial started: delete the folder and rerun")
-        log.warning("resuming sweep in %s", storage.uri())
         prior = read_trials_csv(storage, segments[-1]["prior"]) if segments[-1].get("prior") else []
-        rows = fit(tune.Tuner.restore(storage.root, trainable, resume_errored=True, storage_filesystem=fs), prior)
+        if _segment_has_state(storage, segments[-1]) and tune.Tuner.can_restore(storage.root, storage_filesystem=fs):
+            log.warning("resuming sweep in %s", storage.uri())
+            tuner = tune.Tuner.restore(storage.root, trainable, resume_errored=True, storage_filesystem=fs)
+        else:  # stopped before its Tuner saved any state: run the segment from its start
+            k = len(segments) - 1
+            past = [] if sweep.search.algorithm != "optuna" else (
+                (finished_trials(storage, sweep.search.metrics) if k else [])
+                + (warm_start_trials(sweep) if sweep.search.warm_start else []))
+            if gate is not None:
+                for r in prior:
+                    gate.finished({m: r.get(m) for m in gate.caps})
+            tuner = new_tuner(k, segments[-1]["num_samples"], past, gate)
+        rows = fit(tuner, prior)
         rows = _close_segment(storage, doc["hash"], sweep, base, segments, rows, keep_doc=doc if doc["forced"] else None)
         if _incomplete(rows) or doc["forced"]:
             return rows
@@ -332,6 +340,16 @@ def _run_sweep(sweep: SweepConfig, base: ExperimentConfig, storage: Storage, res
                                                                    else [])
     rows = fit(new_tuner(k, target - done, past, gate), rows)
     return _close_segment(storage, digest, sweep, base, segments, rows)
+
+
+def _segment_has_state(storage: Storage, segment: dict) -> bool:
+    """Whether the segment's Tuner saved an experiment state (one written since the segment started);
+    an extension killed before that would otherwise restore the previous, finished segment."""
+    import pyarrow.fs as pafs
+
+    entries = storage.filesystem.get_file_info(pafs.FileSelector(storage.root, allow_not_found=True))
+    return any(PurePosixPath(e.path).name.startswith("experiment_state-") and e.mtime is not None
+               and e.mtime.timestamp() >= segment.get("started", 0.0) - 1.0 for e in entries)
 
 
 def _segment(num_samples: int, prior: str | None) -> dict:

@@ -180,7 +180,10 @@ def test_a_budget_cap_stops_the_sweep_after_the_trial_that_reaches_it(tmp_path, 
     from mtft_ray.sweep.cost import estimate_trial
     from mtft_ray.sweep.load import load_sweep
 
-    path = _sweep(tmp_path, "budget", {"num_samples": 6, "algorithm": algorithm})
+    # the cap is one trial's estimate; real tiny trials cost a fraction of it (a few seconds each on an
+    # idle machine, the estimate's stated 16 s overhead dominates), so allow many before the cap
+    samples = 30
+    path = _sweep(tmp_path, "budget", {"num_samples": samples, "algorithm": algorithm})
     sweep, base = load_sweep(path, ["resources={cpu: 2}"])  # one trial at a time on 2 CPUs
     one, _ = estimate_trial(sweep, base, {"CPU": 2.0})
     cap = round(one["cpu_hours"] * 1.05, 6)  # room for one estimated trial, and a bit
@@ -199,7 +202,7 @@ def test_a_budget_cap_stops_the_sweep_after_the_trial_that_reaches_it(tmp_path, 
     rows = sorted(_rows(out), key=lambda x: float(x["timestamp"]) if x.get("timestamp") else 0.0)
     spent = [float(x["cpu_hours"]) for x in rows]
     assert all(x["status"] == "TERMINATED" for x in rows) and all(s > 0 for s in spent)
-    assert len(rows) < 6, "the budget never stopped the sweep"
+    assert len(rows) < samples, "the budget never stopped the sweep"
     assert sum(spent[:-1]) < cap <= sum(spent), (spent, cap)  # stopped right after the trial that reached it
     assert "search.budget reached" in r.stderr
     assert abs(float(rows[0]["cpu_hours"]) - 2 * float(rows[0]["trial_hours"])) < 1e-5
@@ -229,3 +232,15 @@ def test_dry_run_prices_a_gpu_sweep_on_a_cluster_from_its_calibration_and_node_l
     priced = mtft("sweep", str(path), "--dry-run", "--cluster", str(repo / "cluster/aws.yaml"), "--price-per-hour",
                   "1.01", "search.budget={dollars: 0.001}", cwd=tmp_path, env=env)
     assert priced.returncode == 2 and "budget.dollars 0.001 < one trial's ~0.004" in priced.stderr, priced.stderr
+
+
+def test_a_segment_whose_tuner_saved_no_state_is_run_from_its_start_not_restored_from_the_last(tmp_path):
+    """An extension killed before its Tuner wrote a state must not restore the previous (finished) segment."""
+    from mtft_ray.sweep.tuner import _segment_has_state
+
+    storage = open_storage(StorageConfig(path=str(tmp_path)))
+    storage.write_bytes(b"{}", "experiment_state-2026-12-01_10-00-00.json")
+    written = (tmp_path / "experiment_state-2026-12-01_10-00-00.json").stat().st_mtime
+    assert _segment_has_state(storage, {"started": written - 30})  # the segment's own state
+    assert not _segment_has_state(storage, {"started": written + 30})  # only an earlier segment's
+    assert not _segment_has_state(open_storage(StorageConfig(path=str(tmp_path / "none"))), {"started": 0.0})
