@@ -239,7 +239,7 @@ def _cmd_screen(ns: argparse.Namespace) -> int:
 def _sweep_dry_run(ns: argparse.Namespace, path: str, sweep, base, where) -> int:
     """The space, trial count, concurrency and cost of a sweep, on this machine or on ``--cluster``."""
     from mtft_ray.sweep.cost import check_budget, estimate_trial
-    from mtft_ray.sweep.space import check_data, trial_count
+    from mtft_ray.sweep.space import check_data, estimate_minutes, trial_count
     from mtft_ray.sweep.tuner import local_node, local_resources
     from mtft_ray.sweep.tuner import trial_plan as plan_trials
     from mtft_ray.train.calibration import machine_kind
@@ -263,14 +263,13 @@ def _sweep_dry_run(ns: argparse.Namespace, path: str, sweep, base, where) -> int
         node = sweep.search.node or local_node()
         on = f"this machine ({kind})"
     one, sources = estimate_trial(sweep, base, per_trial, kind, price, node)
-    waves = -(-n // concurrency)
     print(f"sweep:       {sweep.name} ({sweep.search.algorithm}, "
           f"{' / '.join(f'{m} {k}' for k, m in zip(sweep.search.metrics, sweep.search.modes))})")
     for k, d in sweep.search.space.items():
         print(f"  {k}: {d.describe()}")
     print(f"trials:      {n}, {concurrency} at a time on {cluster} (each holds {per_trial})")
     print(f"cost:        ~{one['seconds'] / 60:.1f} min per trial on {on} with the data cached -> ~"
-          f"{waves * one['seconds'] / 60:.1f} min wall for the sweep")
+          f"{estimate_minutes(sweep, base, concurrency, one['rate_img_s'], one['overhead_s']):.1f} min wall for the sweep")
     spend_line = f"{one['gpu_hours'] * n:.3g} GPU-h, {one['cpu_hours'] * n:.3g} CPU-h"
     if "dollars" in one:
         spend_line += f", ${one['dollars'] * n:.4g} at ${price:g}/node-h (${one['dollars']:.4g} per trial)"

@@ -108,7 +108,8 @@ def _finite(v) -> bool:
 def estimate_trial(sweep, base, per_trial: dict[str, float], kind: str | None = None,
                    price_per_hour: float | None = None, node: dict[str, float] | None = None,
                    directory=None) -> tuple[dict[str, float], list[str]]:
-    """One trial's expected spend (and ``seconds``) on a machine kind, and where the figures came from.
+    """One trial's expected spend (and ``seconds``, from ``rate_img_s`` and ``overhead_s``) on a machine
+    kind, and where the figures came from.
 
     The seconds are the trial's expected finetuning images (:func:`~mtft_ray.sweep.space.estimate_images`)
     at the kind's calibrated rate plus the per-trial overhead (:mod:`mtft_ray.train.calibration`).
@@ -119,18 +120,18 @@ def estimate_trial(sweep, base, per_trial: dict[str, float], kind: str | None = 
         kind: the machine kind trials run on (default: this machine's).
         price_per_hour, node: as in :func:`spend` (default: ``search.price_per_hour`` / ``search.node``).
     """
-    from mtft_ray.sweep.space import estimate_images
+    from mtft_ray.sweep.space import trial_seconds
     from mtft_ray.train.calibration import machine_kind, train_rate, trial_overhead
 
     kind = kind or machine_kind()
     rate, rate_from = train_rate(kind, base.backbone.name, base.data.image_size, strategy=base.train.strategy,
                                  workers=base.train.workers, directory=directory)
     overhead, overhead_from = trial_overhead(kind)
-    seconds = estimate_images(sweep, base) / rate + overhead
+    seconds = trial_seconds(sweep, base, rate, overhead)
     price = price_per_hour if price_per_hour is not None else sweep.search.price_per_hour
     node = node or sweep.search.node or {"CPU": float(per_trial.get("CPU", 1.0)) or 1.0, "GPU": per_trial.get("GPU", 0.0)}
-    return {"seconds": seconds, **spend(seconds, per_trial, price, node)}, [f"rate {rate:.0f} img/s: {rate_from}",
-                                                                          f"overhead {overhead:.0f} s: {overhead_from}"]
+    return {"seconds": seconds, "rate_img_s": rate, "overhead_s": overhead, **spend(seconds, per_trial, price, node)}, [
+        f"rate {rate:.0f} img/s: {rate_from}", f"overhead {overhead:.0f} s: {overhead_from}"]
 
 
 def check_budget(caps: dict[str, float], one_trial: dict[str, float], where: str) -> None:

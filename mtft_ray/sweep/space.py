@@ -232,8 +232,12 @@ def estimate_minutes(sweep: SweepConfig, base: ExperimentConfig, concurrency: in
     >>> round(estimate_minutes(s, base, 2, rate_img_s=120.0, overhead_s=16.0), 2)
     0.95
     """
-    per_trial = estimate_images(sweep, base) / rate_img_s + overhead_s
-    return math.ceil(trial_count(sweep) / concurrency) * per_trial / 60
+    return math.ceil(trial_count(sweep) / concurrency) * trial_seconds(sweep, base, rate_img_s, overhead_s) / 60
+
+
+def trial_seconds(sweep: SweepConfig, base: ExperimentConfig, rate_img_s: float, overhead_s: float) -> float:
+    """One trial's expected seconds: its finetuning images at ``rate_img_s`` plus ``overhead_s``."""
+    return estimate_images(sweep, base) / rate_img_s + overhead_s
 
 
 def estimate_images(sweep: SweepConfig, cfg: ExperimentConfig) -> float:
