@@ -110,16 +110,48 @@ class DataConfig(_Strict):
             raise ValueError(f"options of source {self.source!r}: {format_validation_error(e)}") from None
 
 
+BackboneFamily = Literal["timm", "hf", "open_clip"]
+FAMILY_PREFIXES = {"hf:": "hf", "open_clip:": "open_clip", "timm:": "timm"}
+
+
 class BackboneConfig(_Strict):
+    """The pretrained encoder: a timm model (default), a Hugging Face ``transformers`` model
+    (``hf:<hub id>``: CLIP / SigLIP / DINOv2 vision towers, BERT-like text encoders) or an
+    ``open_clip`` image tower (``open_clip:<architecture>``). ``family`` overrides the prefix.
+
+    ``config`` changes the architecture's configuration (HF ``AutoConfig`` fields, open_clip
+    vision-tower fields): with ``weights: none`` it builds a random-init model of any size
+    offline, e.g. a two-layer CLIP vision tower for tests.
+    """
+
     name: str = "tf_efficientnet_lite0"
+    family: Literal["auto", "timm", "hf", "open_clip"] = "auto"
     weights: Literal["package", "hub", "file", "none"] = "package"
-    weights_path: str | None = None
+    weights_path: str | None = None  # a weights file (timm, open_clip) or a model folder (hf)
+    config: dict | None = None
 
     @model_validator(mode="after")
     def _path_for_file(self) -> "BackboneConfig":
         if self.weights == "file" and not self.weights_path:
             raise ValueError("backbone.weights is 'file' but backbone.weights_path is not set")
+        if self.config is not None and self.resolved_family == "timm":
+            raise ValueError("backbone.config is for hf and open_clip backbones; a timm model is chosen by its name")
         return self
+
+    @property
+    def resolved_family(self) -> BackboneFamily:
+        """``family``, or the one the name's prefix says (no prefix: timm)."""
+        if self.family != "auto":
+            return self.family
+        return next((f for p, f in FAMILY_PREFIXES.items() if self.name.startswith(p)), "timm")
+
+    @property
+    def model_id(self) -> str:
+        """The name without its family prefix (``hf:bert-base-uncased`` -> ``bert-base-uncased``)."""
+        for prefix in FAMILY_PREFIXES:
+            if self.name.startswith(prefix):
+                return self.name[len(prefix):]
+        return self.name
 
 
 MAX_TASK_IDS = 10**8  # M x m sample ids of a task set (8 bytes each): 0.8 GB
@@ -165,6 +197,23 @@ class TaskConfig(_Strict):
     def m(self) -> int:
         """Samples per task."""
         return self.n_way * (self.n_shot + self.n_query)
+
+
+class PeftConfig(_Strict):
+    """Parameter-efficient finetuning with ``peft``: only the adapters (and the head's temperature)
+    train; the backbone's own weights stay frozen, and checkpoints hold only what trains.
+
+    ``target_modules`` are module-name patterns as peft reads them: a name matches when it equals
+    a pattern or ends with ``.<pattern>``. None picks the family's default
+    (:func:`mtft_ray.models.adapters.default_target_modules`).
+    """
+
+    method: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, min_length=1)
+    seed: int = 0  # the adapters' initialisation (LoRA's A matrices)
 
 
 class FinetuneConfig(_Strict):
@@ -217,6 +266,8 @@ class FinetuneConfig(_Strict):
     patience: int | None = Field(None, ge=1)
     val_episodes: int = Field(300, ge=1)
     val_queries: int = Field(9, ge=1)  # queries per class of validation episodes
+    # None: every weight trains (full finetuning); {method: lora, r, ...}: adapters only
+    peft: PeftConfig | None = None
     seed: int = 0
 
 

@@ -1,7 +1,8 @@
 """The compact sample store every data source decodes into, once.
 
-A :class:`SampleStore` holds all images of a source as one uint8 array plus, per sample, an
-integer class id and an integer domain id. Episodes, tasks and feature extraction index into
+A :class:`SampleStore` holds all inputs of a source as one array (uint8 images, or int32 token
+ids with their attention masks for text) plus, per sample, an integer class id and an integer
+domain id. Episodes, tasks and feature extraction index into
 it; nothing is ever decoded per episode.
 
 Example:
@@ -26,12 +27,19 @@ from pathlib import Path
 import numpy as np
 
 
+def is_tokens(inputs) -> bool:
+    """Whether an input array (numpy or torch) holds tokenized text: int32 ``(N, 2, L)``."""
+    return str(inputs.dtype).endswith("int32") and inputs.ndim == 3 and inputs.shape[1] == 2
+
+
 @dataclass(frozen=True)
 class SampleStore:
     """All samples of a source, decoded.
 
     Attributes:
-        images: ``(N, H, W)`` grayscale or ``(N, H, W, 3)`` RGB, uint8.
+        images: the model inputs, one row per sample: ``(N, H, W)`` grayscale or ``(N, H, W, 3)``
+            RGB uint8 images, or for text ``(N, 2, L)`` int32 token ids (``[:, 0]``) and attention
+            masks (``[:, 1]``), tokenized once at a fixed length ``L`` (:func:`is_tokens`).
         labels: ``(N,)`` int64 class id of each sample, in ``[0, num_classes)``.
         domains: ``(N,)`` int64 domain id of each sample, in ``[0, num_domains)``.
         class_names: name of each class id (unique).
@@ -50,8 +58,9 @@ class SampleStore:
 
     def __post_init__(self) -> None:
         n = len(self.images)
-        if self.images.dtype != np.uint8 or self.images.ndim not in (3, 4):
-            raise ValueError(f"images must be uint8 (N,H,W) or (N,H,W,3), got {self.images.dtype} {self.images.shape}")
+        if not is_tokens(self.images) and (self.images.dtype != np.uint8 or self.images.ndim not in (3, 4)):
+            raise ValueError(f"images must be uint8 (N,H,W) or (N,H,W,3), or int32 tokens (N,2,L), got "
+                             f"{self.images.dtype} {self.images.shape}")
         if self.labels.shape != (n,) or self.domains.shape != (n,):
             raise ValueError("labels and domains must have one entry per image")
         if len(self.class_domain) != len(self.class_names):
@@ -72,6 +81,11 @@ class SampleStore:
     @property
     def num_domains(self) -> int:
         return len(self.domain_names)
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the inputs are token ids and masks rather than images."""
+        return is_tokens(self.images)
 
     @property
     def image_shape(self) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtft_ray.models.inputs import normalization, to_input
+from mtft_ray.models.inputs import model_input, normalization
 from mtft_ray.progress import progress as progress_bar
 
 
@@ -44,7 +44,7 @@ def embed(model: nn.Module, images: torch.Tensor, sample_ids: np.ndarray, batch_
     for s in starts:
         batch = images.index_select(0, ids[s : s + batch_size]).to(device, non_blocking=True)
         with autocast(device):
-            out[s : s + batch_size] = model(to_input(batch, mean, std)).float().cpu()
+            out[s : s + batch_size] = model(model_input(batch, mean, std)).float().cpu()
     model.train(was_training)
     return out
 

@@ -1,5 +1,10 @@
 """Any timm model as a pooled-feature encoder, with weights from the hub, a package or a file.
 
+:func:`build_backbone` is the one entry point for a configured backbone of any family: timm
+(here), Hugging Face ``transformers`` (:mod:`mtft_ray.models.hf`) or open_clip
+(:mod:`mtft_ray.models.openclip`). Every family gives a module with ``num_features`` whose
+forward maps a batch from :func:`mtft_ray.models.inputs.model_input` to pooled features.
+
 ``weights`` says where the pretrained weights come from:
 
 - ``"hub"``: timm's pretrained download (Hugging Face hub, cached); the path for a cluster.
@@ -35,14 +40,44 @@ import timm
 import torch
 from torch import nn
 
+from mtft_ray.config.schema import BackboneConfig
 from mtft_ray.errors import MtftError
 from mtft_ray.models.checkpoints import load_weights, remap_by_order
 from mtft_ray.models.hub import from_hub
 from mtft_ray.models.packaged import packaged_weights
 
-__all__ = ["WEIGHT_SOURCES", "check_backbone", "create_backbone"]
+__all__ = ["WEIGHT_SOURCES", "build_backbone", "check_backbone", "check_backbone_config", "create_backbone"]
 
 WEIGHT_SOURCES = ("hub", "package", "file", "none")
+
+
+def build_backbone(b: BackboneConfig) -> nn.Module:
+    """The configured backbone, of its family, on CPU in eval mode (see :func:`create_backbone`)."""
+    family = b.resolved_family
+    if family == "hf":
+        from mtft_ray.models.hf import create_hf_backbone
+
+        return create_hf_backbone(b).eval()
+    if family == "open_clip":
+        from mtft_ray.models.openclip import create_open_clip_backbone
+
+        return create_open_clip_backbone(b).eval()
+    return create_backbone(b.model_id, b.weights, b.weights_path)
+
+
+def check_backbone_config(b: BackboneConfig) -> None:
+    """:func:`check_backbone` for a configured backbone of any family: milliseconds, no download."""
+    family = b.resolved_family
+    if family == "hf":
+        from mtft_ray.models.hf import check_hf_backbone
+
+        check_hf_backbone(b)
+    elif family == "open_clip":
+        from mtft_ray.models.openclip import check_open_clip_backbone
+
+        check_open_clip_backbone(b)
+    else:
+        check_backbone(b.model_id, b.weights, b.weights_path)
 
 
 def create_backbone(

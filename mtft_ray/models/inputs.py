@@ -19,7 +19,7 @@ from torch import nn
 
 from mtft_ray.models.state import unwrap
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalization", "to_input"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "model_input", "normalization", "to_input"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,6 +35,9 @@ def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
         ``(mean, std)`` per RGB channel, for inputs scaled to [0, 1].
     """
     model = unwrap(model)
+    model = getattr(getattr(model, "base_model", None), "model", model)  # inside a peft wrapper
+    if getattr(model, "input_mean", None) is not None:  # Hugging Face / open_clip towers say their own
+        return tuple(model.input_mean), tuple(model.input_std)
     if not getattr(model, "pretrained_cfg", None):
         return IMAGENET_MEAN, IMAGENET_STD
     config = timm.data.resolve_data_config({}, model=model)
@@ -72,3 +75,12 @@ def to_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     out = torch.empty((b, 3, h, w), dtype=torch.float32, device=images.device)
     torch.mul(pixels, 1.0 / (255.0 * std_t), out=out)  # (x / 255 - mean) / std
     return out.sub_(mean_t / std_t)
+
+
+def model_input(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """What a backbone's forward takes, from a batch of store rows: normalised floats from uint8
+    images (:func:`to_input`), or int64 ``(B, 2, L)`` token ids and masks from int32 text rows
+    (text encoders split them; ``mean`` and ``std`` are unused)."""
+    if batch.dtype == torch.int32 and batch.ndim == 3 and batch.shape[1] == 2:
+        return batch.long()
+    return to_input(batch, mean, std)

@@ -16,7 +16,7 @@ from mtft_ray.config.load import validate
 from mtft_ray.config.schema import ExperimentConfig
 from mtft_ray.errors import MtftError
 from mtft_ray.experiment import Experiment
-from mtft_ray.models.backbones import check_backbone
+from mtft_ray.models.backbones import check_backbone_config
 from mtft_ray.sweep.schema import Distribution, SweepConfig, apply_params, flag_name
 from mtft_ray.tasks.pool import make_tasks
 
@@ -137,7 +137,7 @@ def check_data(sweep: SweepConfig, base: ExperimentConfig, where: str = "sweep")
         cfg = with_params(base, {**params, "run.progress": False})
         label = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "the base experiment"
         try:
-            check_backbone(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.weights_path)
+            check_backbone_config(cfg.backbone)
             exp = Experiment(cfg)
             make_tasks(exp.store, exp.split.source, cfg.tasks, M=1)
         except MtftError as e:

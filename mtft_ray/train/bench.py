@@ -34,7 +34,7 @@ import mtft_ray
 from mtft_ray.config.schema import ExperimentConfig
 from mtft_ray.errors import MtftError
 from mtft_ray.evaluation.features import autocast
-from mtft_ray.models.backbones import create_backbone
+from mtft_ray.models.backbones import build_backbone
 from mtft_ray.models.inputs import normalization, to_input
 from mtft_ray.models.state import freeze_batchnorm_stats
 from mtft_ray.tasks.pool import TaskSet
@@ -107,7 +107,7 @@ def bench_train(cfg: ExperimentConfig, steps: int = 20, warmup: int = 3, *, rgb:
     torch.manual_seed(ft.seed)
     load_before = os.getloadavg()[0]
 
-    backbone = create_backbone(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.weights_path).to(device)
+    backbone = build_backbone(cfg.backbone).to(device)
     net = EpisodicModel(backbone, PrototypeHead(ft.init_temperature)).to(device)
     strategy = TorchStrategy(net, make_optimizer(param_groups(net, ft), ft.optimizer, ft.lr, ft.momentum,
                                                  ft.weight_decay))

@@ -28,7 +28,7 @@ from torch import nn
 
 from mtft_ray.config.schema import FinetuneConfig
 from mtft_ray.evaluation.features import autocast
-from mtft_ray.models.inputs import normalization, to_input
+from mtft_ray.models.inputs import model_input, normalization
 from mtft_ray.models.state import freeze_batchnorm_stats
 from mtft_ray.progress import progress as progress_bar
 from mtft_ray.tasks.pool import TaskSet
@@ -190,7 +190,7 @@ def train_epoch(strategy: Strategy, net: EpisodicModel, tasks: TaskSet, images: 
         strategy.zero_grad()
         ids = np.concatenate([tasks.episode_samples(i) for i in step.tasks])
         batch = images.index_select(0, torch.from_numpy(ids)).to(device, non_blocking=True)
-        losses, accs = strategy.module(to_input(batch, mean, std), len(step.tasks), tasks.n_way, tasks.n_shot,
+        losses, accs = strategy.module(model_input(batch, mean, std), len(step.tasks), tasks.n_way, tasks.n_shot,
                                        tasks.n_query)
         loss = 0.0
         for l_j in losses:

@@ -22,7 +22,7 @@ from torch import nn
 
 from mtft_ray.config.schema import FinetuneConfig, StandardConfig
 from mtft_ray.evaluation.features import autocast
-from mtft_ray.models.inputs import normalization, to_input
+from mtft_ray.models.inputs import model_input, normalization
 from mtft_ray.models.state import freeze_batchnorm_stats
 from mtft_ray.progress import progress as progress_bar
 from mtft_ray.tasks.pool import TaskSet
@@ -85,7 +85,7 @@ def finetune_standard(model: nn.Module, tasks: TaskSet, labels: np.ndarray, imag
             opt = probe_opt if probing else full_opt
             opt.zero_grad(set_to_none=True)
             with autocast(device), torch.set_grad_enabled(not probing):
-                feats = model(to_input(batch, mean, std))
+                feats = model(model_input(batch, mean, std))
             logits = head(feats.float())
             loss = F.cross_entropy(logits, y)
             loss.backward()
