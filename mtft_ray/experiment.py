@@ -29,7 +29,8 @@ from mtft_ray.errors import MtftError
 from mtft_ray.evaluation.evaluate import EpisodeEvaluator, validation_evaluator, validation_warnings
 from mtft_ray.evaluation.features import FeatureCache, embed
 from mtft_ray.io import atomic_torch_save, atomic_write_json
-from mtft_ray.models.backbones import create_backbone
+from mtft_ray.models.adapters import finetune_backbone, load_finetuned, parameter_counts
+from mtft_ray.models.backbones import build_backbone
 from mtft_ray.selection.apply import Chosen, SelectionData, choose_tasks, target_domain_classes
 from mtft_ray.selection.metrics import consistency, task_means
 from mtft_ray.lock import FolderLock
@@ -100,9 +101,12 @@ class Experiment:
         chosen = choose_tasks(SelectionData(self, pretrained), sel.strategy, sel.target_domain)
         return chosen.tasks, chosen
 
-    def backbone(self) -> torch.nn.Module:
-        b = self.cfg.backbone
-        return create_backbone(b.name, b.weights, b.weights_path).to(self.device)
+    def backbone(self, adapters: bool = False) -> torch.nn.Module:
+        """The pretrained backbone on this experiment's device; with ``adapters``, the model
+        multitask finetuning trains (LoRA adapters in it when ``finetune.peft`` is set)."""
+        if adapters:
+            return finetune_backbone(self.cfg.backbone, self.cfg.finetune.peft).to(self.device)
+        return build_backbone(self.cfg.backbone).to(self.device)
 
     def validate(self, model: torch.nn.Module) -> float:
         return self.val.evaluate(model)[0]["acc"]
@@ -171,7 +175,7 @@ def _run_experiment(cfg: ExperimentConfig, out: Path, storage: Storage | None, o
         log.warning(w)
     for method in cfg.methods:
         t0 = time.perf_counter()
-        model = pretrained if method == "direct" else exp.backbone()
+        model = pretrained if method == "direct" else exp.backbone(adapters=method == "multitask")
         if method == "direct":
             rows = exp.target.evaluate(model, use_cache=True)
         else:
@@ -188,13 +192,16 @@ def _run_experiment(cfg: ExperimentConfig, out: Path, storage: Storage | None, o
                 else:  # the same worker function, in this process
                     run = exp.finetune_multitask(tasks, on_epoch=on_epoch, cfg=run_cfg)
                 state, hist, st = run.best_state, run.history, run.state
+                counts = parameter_counts(model)
                 training[method] = {"best_epoch": st.best_epoch, "best_step": st.best_step,
-                                    "global_step": st.global_step, "stopped_early": st.stopped_early}
+                                    "global_step": st.global_step, "stopped_early": st.stopped_early,
+                                    "trainable_params": counts["trainable"], "total_params": counts["total"],
+                                    "peft": peft_summary(cfg, model)}
             else:
                 state, hist = finetune_standard(model, tasks, exp.store.labels, exp.images, cfg.standard,
                                                 cfg.finetune, validate=exp.validate if exp.val is not None else None,
                                                 device=exp.device, progress=cfg.run.progress)
-            model.load_state_dict(state)
+            load_finetuned(model, state)
             histories[method] = [h.to_json() for h in hist]
             warning = kept_pretrained_warning(method, hist)
             if warning:
@@ -224,6 +231,15 @@ def _run_experiment(cfg: ExperimentConfig, out: Path, storage: Storage | None, o
     atomic_write_json(out / "result.json", result)
     (out / "scores.json").unlink(missing_ok=True)  # result.json holds them now
     return result
+
+
+def peft_summary(cfg: ExperimentConfig, model: torch.nn.Module) -> dict | None:
+    """The adapters a multitask run trained (its ``finetune.peft`` and the layer names LoRA
+    resolved to), or None for full finetuning."""
+    p = cfg.finetune.peft
+    if p is None:
+        return None
+    return {**p.model_dump(), "target_modules": list(getattr(model, "peft_targets", p.target_modules or []))}
 
 
 def keep_scores(out: Path, results: list[dict]) -> str:

@@ -129,11 +129,19 @@ def _cmd_evaluate(ns: argparse.Namespace) -> int:
     model = exp.backbone()
     method = "direct"
     if ns.checkpoint:
+        from mtft_ray.models.adapters import is_adapter_state, load_finetuned
+
         ckpt = Path(ns.checkpoint)
         if not ckpt.is_file():
             raise MtftError(f"checkpoint not found: {ckpt}")
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if is_adapter_state(state):  # LoRA adapters only: onto the base model with the config's finetune.peft
+            if cfg.finetune.peft is None:
+                raise MtftError(f"checkpoint {ckpt} holds LoRA adapters only: evaluate it with the run's config "
+                                f"(its finetune.peft), e.g. --config runs/<name>/config.yaml")
+            model = exp.backbone(adapters=True)
         try:
-            model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+            load_finetuned(model, state)
         except RuntimeError as e:
             raise MtftError(f"checkpoint {ckpt} does not fit backbone {cfg.backbone.name}: {str(e)[:200]}") from None
         method = ckpt.stem

@@ -2,13 +2,16 @@
 
 A checkpoint directory (one per epoch, reported through ``ray.train.report``)::
 
-    model.pt          full backbone weights, fp32 (rank 0): what evaluation loads
+    model.pt          full backbone weights, fp32 (rank 0): what evaluation loads; with
+                      finetune.peft only the adapters (peft's adapter state dict)
     state.json        epoch, global step, history, best epoch, resumes (rank 0)
     manifest.json     the exact tasks of the run (rank 0)
     rng/rank<r>.pt    each rank's torch / numpy / python RNG state
     digests.json      size and sha256 of model.pt and state.json, checked before a resume (rank 0)
-    torch_state.pt    ddp: model + optimizer (rank 0; every rank holds the same)
-    deepspeed/        deepspeed: every rank's ZeRO shard, written by the engine
+    torch_state.pt    ddp: model + optimizer (rank 0; every rank holds the same); with adapters
+                      only the trainable parameters (adapters and the head's temperature)
+    deepspeed/        deepspeed: every rank's ZeRO shard, written by the engine (frozen weights
+                      excluded with adapters)
 
 Example:
     >>> state = TrainState(epoch=2, global_step=10)
@@ -29,6 +32,7 @@ from torch import nn
 
 from mtft_ray.errors import MtftError
 from mtft_ray.io import file_digest, verify_digest
+from mtft_ray.models.adapters import finetuned_state, has_adapters
 from mtft_ray.train.collective import barrier
 from mtft_ray.train.strategies import Strategy
 
@@ -125,7 +129,10 @@ def save_checkpoint(directory: Path, strategy: Strategy, backbone: nn.Module, st
     """
     directory = Path(directory)
     strategy.save(directory, rank)
-    weights = strategy.full_state_dict(backbone)  # a collective under ZeRO-3
+    adapters = has_adapters(backbone)
+    weights = strategy.full_state_dict(backbone, trainable_only=adapters)  # a collective under ZeRO-3
+    if adapters:
+        weights = finetuned_state(backbone, weights)
     (directory / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), directory / "rng" / f"rank{rank}.pt")
     if rank == 0:

@@ -30,6 +30,7 @@ from torch import nn
 
 from mtft_ray.config.schema import DeepSpeedConfig
 from mtft_ray.errors import MtftError
+from mtft_ray.models.adapters import has_adapters
 
 STRATEGIES = ("ddp", "deepspeed")
 
@@ -57,8 +58,16 @@ class Strategy(Protocol):
     def load(self, directory: Path) -> None:
         """Restore the training state written by :meth:`save` (every rank calls it)."""
 
-    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        """Full fp32 CPU weights of a submodule (a collective under ZeRO-3: every rank calls it)."""
+    def full_state_dict(self, module: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        """Full fp32 CPU weights of a submodule (a collective under ZeRO-3: every rank calls it);
+        only its trainable parameters with ``trainable_only`` (LoRA adapters: nothing frozen is gathered)."""
+
+
+def trainable_entries(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of ``module``'s state dict that are trainable parameters (what a run with
+    frozen weights, e.g. LoRA adapters, needs to save)."""
+    names = {n for n, p in module.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if k in names}
 
 
 def cpu_float(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -74,6 +83,7 @@ class TorchStrategy:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, distributed: bool = False,
                  device: torch.device | None = None) -> None:
         self.model, self.optimizer = model, optimizer
+        self.frozen = has_adapters(model)  # LoRA: save and load only what trains
         self.module: nn.Module = model
         if distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -92,19 +102,29 @@ class TorchStrategy:
 
     def save(self, directory: Path, rank: int) -> None:
         if rank == 0:  # every rank holds the same state
-            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()},
-                       Path(directory) / "torch_state.pt")
+            model = self.model.state_dict()
+            if self.frozen:
+                model = trainable_entries(self.model, model)
+            torch.save({"model": model, "optimizer": self.optimizer.state_dict()}, Path(directory) / "torch_state.pt")
 
     def load(self, directory: Path) -> None:
         path = Path(directory) / "torch_state.pt"
         if not path.is_file():
             raise MtftError(f"checkpoint {directory} has no torch_state.pt: it was not written by the ddp strategy")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state["model"])
+        if self.frozen:  # only the trainable parameters were saved: they must all be there
+            wanted = set(trainable_entries(self.model, self.model.state_dict()))
+            if set(state["model"]) != wanted:
+                raise MtftError(f"checkpoint {directory} does not hold this model's trainable parameters "
+                                f"({len(state['model'])} saved, {len(wanted)} expected): another finetune.peft?")
+            self.model.load_state_dict(state["model"], strict=False)
+        else:
+            self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
-    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        return cpu_float(module.state_dict())
+    def full_state_dict(self, module: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        state = module.state_dict()
+        return cpu_float(trainable_entries(module, state) if trainable_only else state)
 
 
 def deepspeed_config(ds: DeepSpeedConfig, *, tasks_per_step: int, world_size: int, use_gpu: bool) -> dict:
@@ -161,6 +181,7 @@ class DeepSpeedStrategy:
         if not torch.cuda.is_available():
             skip_deepspeed_shm_build()
         self.stage = ds_config["zero_optimization"]["stage"]
+        self.frozen = has_adapters(model)  # LoRA: frozen base weights stay out of checkpoints
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.module: nn.Module = self.engine
         self.model = self.engine.module
@@ -175,23 +196,29 @@ class DeepSpeedStrategy:
         self.engine.step()
 
     def save(self, directory: Path, rank: int) -> None:
-        self.engine.save_checkpoint(str(Path(directory) / "deepspeed"), tag="state")
+        self.engine.save_checkpoint(str(Path(directory) / "deepspeed"), tag="state",
+                                    exclude_frozen_parameters=self.frozen)
 
     def load(self, directory: Path) -> None:
         path = Path(directory) / "deepspeed"
         if not path.is_dir():
             raise MtftError(f"checkpoint {directory} has no deepspeed/ folder: it was not written by DeepSpeed")
-        loaded, _ = self.engine.load_checkpoint(str(path), tag="state")
+        loaded, _ = self.engine.load_checkpoint(str(path), tag="state", load_module_strict=not self.frozen)
         if loaded is None:
             raise MtftError(f"DeepSpeed could not load the checkpoint in {path}")
 
-    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+    def full_state_dict(self, module: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        def read() -> dict[str, torch.Tensor]:
+            state = module.state_dict()
+            return cpu_float(trainable_entries(module, state) if trainable_only else state)
+
         if self.stage == 3:
             import deepspeed
 
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-                return cpu_float(module.state_dict())
-        return cpu_float(module.state_dict())
+            params = [p for p in module.parameters() if p.requires_grad or not trainable_only]
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                return read()
+        return read()
 
 
 def build_strategy(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, *, world_size: int,

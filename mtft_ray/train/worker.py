@@ -40,7 +40,7 @@ from mtft_ray.data.splits import split_classes
 from mtft_ray.data.store import SampleStore
 from mtft_ray.evaluation.evaluate import EpisodeEvaluator, validation_evaluator
 from mtft_ray.evaluation.features import embed
-from mtft_ray.models.backbones import create_backbone
+from mtft_ray.models.adapters import finetune_backbone, finetuned_state
 from mtft_ray.storage import open_storage
 from mtft_ray.tasks.pool import TaskSet, write_manifest
 from mtft_ray.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
@@ -80,7 +80,7 @@ class TrainRun:
     """What a finished finetune gives back, in-process or from Ray Train workers.
 
     Attributes:
-        best_state: the best epoch's backbone weights (fp32, CPU).
+        best_state: the best epoch's backbone weights (fp32, CPU; adapters only with finetune.peft).
         history: per-epoch stats (reduced over workers).
         state: the loop state after the last epoch (global step, resumes, every step's loss).
         seconds: wall time, worker start-up included.
@@ -184,8 +184,7 @@ def run_worker(cfg: ExperimentConfig, tasks: TaskSet, data: WorkerData, *, rank:
     t, ft = cfg.train, cfg.finetune
     if ft.lr == "auto":
         raise MtftError("finetune.lr is 'auto': resolve it with mtft_ray.train.lr_probe.probe_lr before training")
-    b = cfg.backbone
-    backbone = create_backbone(b.name, b.weights, b.weights_path)
+    backbone = finetune_backbone(cfg.backbone, ft.peft)  # with finetune.peft: LoRA adapters, the rest frozen
     torch.manual_seed(ft.seed)  # after the backbone: the head, dropout and the loop see the same RNG on any path
     net = EpisodicModel(backbone, PrototypeHead(ft.init_temperature)).to(device)
     opt = make_optimizer(param_groups(net, ft), ft.optimizer, ft.lr, ft.momentum, ft.weight_decay)
@@ -265,9 +264,9 @@ def finetune_local(cfg: ExperimentConfig, tasks: TaskSet, data: WorkerData, devi
 
 
 def pretrained_state(cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
-    """The backbone's pretrained weights as fp32 CPU tensors: what a run keeps when epoch 0 is best."""
-    b = cfg.backbone
-    return cpu_float(create_backbone(b.name, b.weights, b.weights_path).state_dict())
+    """The backbone's pretrained weights as fp32 CPU tensors: what a run keeps when epoch 0 is best
+    (with finetune.peft: the untrained adapters, which leave the pretrained function unchanged)."""
+    return cpu_float(finetuned_state(finetune_backbone(cfg.backbone, cfg.finetune.peft)))
 
 
 def kept_pretrained_warning(method: str, history: list[EpochStats]) -> str | None:

@@ -321,3 +321,61 @@ def test_dry_run_prints_the_arithmetic_and_trains_nothing(cluster):
     bad = cluster.cli("run", str(cluster.config_file()), "train.deepspeed.zero_stage=5", "--dry-run")
     assert bad.returncode == 2 and "ZeRO stage must be 1, 2 or 3, got 5" in bad.stderr
 
+
+
+# ---- LoRA adapters (finetune.peft) under DDP and DeepSpeed ZeRO-2/3 inside TorchTrainer -------------
+
+LORA = ("finetune.peft.r=4", "finetune.peft.alpha=8")
+
+
+@pytest.fixture(scope="module")
+def lora_single(cluster):
+    """LoRA in this process, 2 tasks per step: the curve the 2-worker runs must follow."""
+    from mtft_ray.experiment import Experiment
+
+    exp = Experiment(cluster.config(*LORA, "train.workers=0", "finetune.tasks_per_step=2"))
+    tasks, _ = exp.finetune_tasks(exp.backbone())
+    return exp.finetune_multitask(tasks)
+
+
+@pytest.mark.parametrize("strategy,stage", [("ddp", None), ("deepspeed", 2), ("deepspeed", 3)])
+def test_lora_on_two_workers_resumes_from_an_adapter_only_checkpoint_on_the_single_process_curve(
+        cluster, lora_single, strategy, stage):
+    from mtft_ray.models.adapters import finetune_backbone, load_finetuned, parameter_counts
+
+    out = cluster.root / f"lora-{strategy}{stage or ''}"
+    extra = [f"train.strategy={strategy}"] + ([f"train.deepspeed.zero_stage={stage}"] if stage else [])
+    cfg = cluster.config(*LORA, *extra, "train.fail_at_step=6", "train.max_failures=1")
+    result = run_experiment(cfg, out)
+    doc = _run_doc(out)
+    assert (doc["strategy"], doc["resumes"], doc["global_step"]) == (strategy, 1, 2 * STEPS_PER_EPOCH)
+    # failed once in epoch 2, resumed from the epoch-1 adapter checkpoint: 1 worker and 2 give one curve
+    single = [x for h in lora_single.state.history for x in h["step_losses"]]
+    assert np.allclose(_curve(doc), single, atol=CURVE_TOL, rtol=0), (_curve(doc), single)
+
+    # model.pt and the run's multitask.pt hold the adapters only, and they load back onto the base model
+    weights = torch.load(Path(doc["best_checkpoint"]) / "model.pt", weights_only=True)
+    assert weights and all(".lora_A." in k or ".lora_B." in k for k in weights)
+    model = load_finetuned(finetune_backbone(cfg.backbone, cfg.finetune.peft), weights)
+    counts = parameter_counts(model)
+    assert sum(v.numel() for v in weights.values()) == counts["trainable"] < counts["total"] / 10
+    training = result["training"]["multitask"]
+    assert (training["trainable_params"], training["total_params"]) == (counts["trainable"], counts["total"])
+    assert training["peft"]["target_modules"] == ["conv_head", "conv_pw", "conv_pwl"]
+    final = torch.load(out / "multitask.pt", weights_only=True)
+    assert set(final) == set(weights) and all(torch.equal(weights[k], final[k]) for k in final)
+    assert any(bool(v.abs().sum()) for k, v in weights.items() if ".lora_B." in k)  # B starts at 0: it trained
+
+    # the training state holds no frozen weight: only adapters and the temperature (+ optimizer state)
+    ck = out / "train" / "epoch_0002"
+    if strategy == "ddp":
+        state = torch.load(ck / "torch_state.pt", weights_only=True)
+        assert all(".lora_" in k or k == "head.temperature" for k in state["model"])
+        assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {8}
+    else:
+        shards = ck / "deepspeed" / "state"
+        module = torch.load(next(shards.glob("*model_states.pt")), map_location="cpu", weights_only=False)["module"]
+        buffers = ("running_mean", "running_var", "num_batches_tracked")  # DeepSpeed keeps buffers (BN statistics)
+        assert module is None or all(".lora_" in k or k.endswith(("temperature", *buffers)) for k in module)
+    size = sum(p.stat().st_size for p in ck.rglob("*") if p.is_file())
+    assert size < 3e6, f"an adapter checkpoint of {size / 1e6:.1f} MB: frozen weights were saved"
