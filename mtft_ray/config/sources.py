@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from PIL import ImageColor
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from mtft_ray.errors import MtftError
 
@@ -79,7 +79,58 @@ class FolderOptions(BaseModel):
         "white", validate_default=True)
     workers: int = Field(8, ge=1)  # decoding threads
 
-_OPTIONS: dict[str, type[BaseModel]] = {"glyphs": GlyphOptions, "folder": FolderOptions}
+DEFAULT_TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class _TokenizedOptions(BaseModel):
+    """The tokenizer fields every text source shares: texts are tokenized once, at ``max_length``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # a Hugging Face hub id, a packaged model (mtft_ray.packages) or a local folder with a tokenizer
+    tokenizer: str = Field(DEFAULT_TOKENIZER, min_length=1)
+    max_length: int = Field(64, ge=8, le=512)  # tokens per text, special tokens included; longer ones are cut
+
+
+class TextOptions(_TokenizedOptions):
+    """Options of the ``text`` source: labelled texts in ``.csv``, ``.jsonl``/``.json``, ``.parquet``
+    files or Hugging Face ``save_to_disk`` folders.
+
+    ``files`` takes paths and globs (``data/*.csv``); ``domain_column: null`` puts every row in one
+    domain named ``all``. Classes with fewer than ``min_per_class`` texts are dropped (and counted);
+    ``max_per_class`` keeps a seeded random subset of bigger classes.
+    """
+
+    files: list[str] = Field(default_factory=list)
+    text_column: str = Field("text", min_length=1)
+    class_column: str = Field("label", min_length=1)
+    domain_column: str | None = Field("domain", min_length=1)
+    max_per_class: int | None = Field(None, ge=1)
+    min_per_class: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _check_caps(self) -> TextOptions:
+        if self.max_per_class is not None and self.max_per_class < self.min_per_class:
+            raise ValueError(f"max_per_class ({self.max_per_class}) is below min_per_class ({self.min_per_class})")
+        return self
+
+
+class WordNetOptions(_TokenizedOptions):
+    """Options of the ``wordnet`` source: a class per noun synset with at least ``min_hyponyms``
+    direct hyponyms, whose texts are those hyponyms' definitions.
+
+    ``path`` is WordNet's dict folder (the one holding ``data.noun``); ``None`` looks in
+    ``/usr/share/wordnet`` (Debian's ``wordnet-base``), then ``$WNHOME/dict``. ``max_per_class``
+    keeps a seeded random subset of bigger classes.
+    """
+
+    path: str | None = Field(None, min_length=1)
+    min_hyponyms: int = Field(10, ge=2)
+    max_per_class: int | None = Field(None, ge=1)
+
+
+_OPTIONS: dict[str, type[BaseModel]] = {"glyphs": GlyphOptions, "folder": FolderOptions, "text": TextOptions,
+                                        "wordnet": WordNetOptions}
 
 
 def register_options(name: str, model: type[BaseModel]) -> None:
