@@ -81,6 +81,7 @@ class Experiment:
                                         progress=cfg.run.progress)
         self.warnings = validation_warnings(cfg, self.store, self.split.val)
         self.warnings += self.split.short_class_warnings(self.store, cfg)
+        self.warnings += truncation_warnings(self.store)
 
     def target_evaluator(self, domain: str | None) -> EpisodeEvaluator:
         """Episodes on the whole target split, or on one held-out target domain."""
@@ -104,9 +105,14 @@ class Experiment:
     def backbone(self, adapters: bool = False) -> torch.nn.Module:
         """The pretrained backbone on this experiment's device; with ``adapters``, the model
         multitask finetuning trains (LoRA adapters in it when ``finetune.peft`` is set)."""
-        if adapters:
-            return finetune_backbone(self.cfg.backbone, self.cfg.finetune.peft).to(self.device)
-        return build_backbone(self.cfg.backbone).to(self.device)
+        b = self.cfg.backbone
+        model = finetune_backbone(b, self.cfg.finetune.peft) if adapters else build_backbone(b)
+        modality = getattr(model, "modality", "image")
+        if (modality == "text") != self.store.is_text:
+            data = "tokenized text" if self.store.is_text else "images"
+            raise MtftError(f"backbone {b.name!r} encodes {modality}, but data.source {self.cfg.data.source!r} gives "
+                            f"{data}: choose a backbone for {data}")
+        return model.to(self.device)
 
     def validate(self, model: torch.nn.Module) -> float:
         return self.val.evaluate(model)[0]["acc"]
@@ -124,9 +130,22 @@ class Experiment:
                               progress=self.cfg.run.progress)
 
     def describe(self) -> dict:
+        inputs = ({"kind": "text", "max_length": self.store.image_shape[-1],
+                   "truncated": int(self.store.meta.get("truncated", 0))} if self.store.is_text
+                  else {"kind": "image", "shape": list(self.store.image_shape)})
         return {"store": {"fingerprint": self.store.fingerprint(), "samples": self.store.num_samples,
-                          "classes": self.store.num_classes, "domains": self.store.num_domains},
+                          "classes": self.store.num_classes, "domains": self.store.num_domains, "inputs": inputs},
                 "split": self.split.to_json(self.store)}
+
+
+def truncation_warnings(store: SampleStore) -> list[str]:
+    """Texts cut at the store's fixed token length, counted (never silently); none for images."""
+    cut = int(store.meta.get("truncated", 0)) if store.is_text else 0
+    if not cut:
+        return []
+    length = store.image_shape[-1]
+    return [f"{cut} of {store.num_samples} texts ({100 * cut / store.num_samples:.2f}%) were longer than "
+            f"data.options.max_length={length} tokens and were cut to {length}"]
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path, *, storage: Storage | None = None,

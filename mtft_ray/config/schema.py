@@ -425,6 +425,22 @@ class ExperimentConfig(_Strict):
     def _plain_name(cls, v: str) -> str:
         return plain_name(v)
 
+    @model_validator(mode="after")
+    def _text_needs_a_text_encoder(self) -> "ExperimentConfig":
+        """A text source (its options name a tokenizer) needs a Hugging Face text encoder, and
+        tokenizes with that encoder's own tokenizer unless ``data.options.tokenizer`` says otherwise."""
+        if not hasattr(self.data.source_options(), "tokenizer"):
+            return self
+        b = self.backbone
+        if b.resolved_family != "hf":
+            raise ValueError(f"data.source {self.data.source!r} gives tokenized text, but backbone {b.name!r} is a "
+                             f"{b.resolved_family} image model: set backbone.name to a Hugging Face text encoder, "
+                             f"e.g. hf:sentence-transformers/all-MiniLM-L6-v2")
+        if "tokenizer" not in self.data.options and b.weights != "none":
+            own = b.weights_path if b.weights == "file" else b.model_id
+            self.data.options = {**self.data.options, "tokenizer": own}
+        return self
+
     @field_validator("methods")
     @classmethod
     def _methods(cls, v: list[str]) -> list[str]:

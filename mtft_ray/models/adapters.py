@@ -45,7 +45,8 @@ _ATTENTION_TARGETS = (
     ("q_proj", "v_proj"),  # HF CLIP, SigLIP
     ("query", "value"),  # HF BERT / MiniLM, DINOv2, ViT
     ("qkv", "proj"),  # timm ViT / DeiT / EVA (fused qkv)
-    ("c_fc", "c_proj", "out_proj"),  # open_clip ViT: MLP and attention output (in_proj is not a Linear)
+    ("c_fc", "c_proj"),  # open_clip ViT: its MLP (attention is an nn.MultiheadAttention, whose out_proj
+    # weight it reads directly: LoRA there would never train)
 )
 
 

@@ -58,6 +58,10 @@ def metrics_from_result(result: dict, trial_dir: str | Path) -> dict[str, Any]:
         val = [h["val_acc"] for h in hist if h.get("val_acc") is not None]
         if val:
             out["val_acc"] = max(val)
+    training = (result.get("training") or {}).get(primary) or {}
+    for key in ("trainable_params", "total_params"):  # full finetuning vs LoRA adapters
+        if training.get(key) is not None:
+            out[key] = training[key]
     if result.get("warnings"):
         out["warnings"] = "; ".join(result["warnings"])
     ckpt = Path(trial_dir) / f"{primary}.pt"

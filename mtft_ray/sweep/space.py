@@ -62,7 +62,7 @@ def check_space(sweep: SweepConfig, base: ExperimentConfig, where: str) -> None:
 # only some do: dollars when priced, val_acc with validation classes, selection_* with a selection
 TRIAL_METRICS = ("seconds", "trial_hours", "gpu_hours", "cpu_hours", "dollars", "train_seconds", "images_per_s",
                  "M", "m", "Mm", "val_acc", "selection_k", "selection_diversity", "selection_coverage",
-                 "selection_mean_consistency")
+                 "selection_mean_consistency", "trainable_params", "total_params")
 
 
 def _evaluated_shots(sweep: SweepConfig, base: ExperimentConfig) -> list[int]:
