@@ -292,6 +292,9 @@ class EvalConfig(_Strict):
     # paper's code, and the training loss), or the mean of L2-normalised features (mtft-ray before
     # 0.2: 0.2-0.4 points higher at 5 shots on pretrained glyph features). Identical at 1 shot
     prototype: Literal["raw_mean", "normalized_mean"] = "raw_mean"
+    # all classes of an episode from one domain (as the finetuning tasks, tasks.within_domain),
+    # episodes split over domains in proportion to their usable classes; False: any classes
+    within_domain: bool = False
     seed: int = 0
 
     @field_validator("shots")

@@ -19,7 +19,7 @@ from torch import nn
 from mtft_ray.config.schema import EvalConfig, ExperimentConfig
 from mtft_ray.data.store import SampleStore
 from mtft_ray.errors import MtftError
-from mtft_ray.tasks.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes
+from mtft_ray.tasks.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes, sample_episodes_within
 from mtft_ray.evaluation.features import FeatureCache, embed
 from mtft_ray.models.state import model_fingerprint
 
@@ -66,10 +66,16 @@ class EpisodeEvaluator:
         self.sample_ids, self.cfg = sample_ids, cfg
         self.labels = store.labels[sample_ids]
         # episode indices point into the rows of this split's feature matrix
-        self.episodes: dict[int, Episodes] = {
-            shot: sample_episodes(self.labels, cfg.n_way, shot, cfg.n_query, cfg.episodes, seed=cfg.seed * 1000 + shot)
-            for shot in cfg.shots
-        }
+        if cfg.within_domain:  # every episode's classes from one domain
+            domains = store.class_domain[self.labels]
+            self.episodes: dict[int, Episodes] = {
+                shot: sample_episodes_within(self.labels, domains, cfg.n_way, shot, cfg.n_query, cfg.episodes,
+                                             seed=cfg.seed * 1000 + shot) for shot in cfg.shots}
+        else:
+            self.episodes = {
+                shot: sample_episodes(self.labels, cfg.n_way, shot, cfg.n_query, cfg.episodes, seed=cfg.seed * 1000 + shot)
+                for shot in cfg.shots
+            }
 
     def features(self, model: nn.Module, use_cache: bool = False) -> torch.Tensor:
         return self.split.features(model, use_cache)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from mtft_ray.errors import MtftError
 
-__all__ = ["Episodes", "PROTOTYPES", "sample_episodes", "episode_accuracy", "mean_ci95"]
+__all__ = ["Episodes", "PROTOTYPES", "sample_episodes", "sample_episodes_within", "episode_accuracy", "mean_ci95"]
 
 # Gathered query rows per chunk, in bytes: small enough that the buffer stays in L3 cache
 # between the gather and the matmul (a fully batched gather is memory-bound and several times
@@ -146,6 +146,42 @@ def sample_episodes(labels: np.ndarray, n_way: int, n_shot: int, n_query: int, n
     return Episodes(support=np.ascontiguousarray(ids[:, :, :n_shot]),
                     query=np.ascontiguousarray(ids[:, :, n_shot:]),
                     classes=class_ids[way].astype(np.int64))
+
+
+def sample_episodes_within(labels: np.ndarray, groups: np.ndarray, n_way: int, n_shot: int, n_query: int,
+                           n_episodes: int, seed: int) -> Episodes:
+    """:func:`sample_episodes` with every episode's classes from one group (a domain).
+
+    Groups with at least ``n_way`` classes of ``n_shot + n_query`` samples share the episodes in
+    proportion to those classes (largest remainder, ties to the lower group id); each group's
+    episodes are drawn with its own seed, so the episodes do not depend on the others' sizes.
+
+    Args:
+        labels: ``(n_samples,)`` class id of each row.
+        groups: ``(n_samples,)`` group id of each row (constant within a class).
+
+    Raises:
+        MtftError: no group has ``n_way`` usable classes.
+    """
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    classes, first = np.unique(labels, return_index=True)
+    counts = np.bincount(np.searchsorted(classes, labels), minlength=len(classes))
+    usable = classes[counts >= n_shot + n_query]
+    class_group = groups[first][counts >= n_shot + n_query]
+    ids, per = np.unique(class_group, return_counts=True)
+    keep = per >= n_way
+    ids, per = ids[keep], per[keep]
+    if not len(ids):
+        raise MtftError(f"no domain has {n_way} classes with >= {n_shot + n_query} samples for within-domain "
+                        f"{n_way}-way {n_shot}-shot episodes (eval.within_domain)")
+    share = n_episodes * per / per.sum()
+    alloc = np.floor(share).astype(int)
+    for i in np.lexsort((ids, -(share - alloc)))[: n_episodes - alloc.sum()]:
+        alloc[i] += 1
+    parts = [sample_episodes(labels, n_way, n_shot, n_query, int(n), seed=seed * 1009 + int(g),
+                             classes=usable[class_group == g]) for g, n in zip(ids, alloc) if n]
+    return Episodes(support=np.concatenate([p.support for p in parts]), query=np.concatenate([p.query for p in parts]),
+                    classes=np.concatenate([p.classes for p in parts]))
 
 
 def _sample_without_replacement(rng: np.random.Generator, population: np.ndarray, k: int) -> np.ndarray:

@@ -230,3 +230,20 @@ def test_mean_ci95_by_hand():
     assert mean_ci95(np.array([0.25])) == (0.25, 0.0)
     with pytest.raises(MtftError):
         mean_ci95(np.array([]))
+
+
+def test_within_domain_episodes_keep_each_episode_in_one_domain_and_share_episodes_by_usable_classes():
+    from mtft_ray.tasks.episodes import sample_episodes_within
+
+    labels = np.repeat(np.arange(13), 10)
+    labels = labels[~((labels == 12) & (np.arange(len(labels)) % 10 > 2))]  # class 12: 3 samples, unusable
+    groups = np.array([0] * 5 + [1] * 6 + [2] * 2)[labels]  # domain 2 has a single usable class: no episodes
+    eps = sample_episodes_within(labels, groups, n_way=5, n_shot=1, n_query=4, n_episodes=100, seed=3)
+    ep_groups = groups[np.searchsorted(labels, eps.classes)]
+    assert eps.n_episodes == 100 and (ep_groups == ep_groups[:, :1]).all()
+    assert np.bincount(ep_groups[:, 0], minlength=3).tolist() == [45, 55, 0]  # 5 : 6 usable classes
+    assert (labels[eps.support[..., 0]] == eps.classes).all() and (labels[eps.query] == eps.classes[..., None]).all()
+    again = sample_episodes_within(labels, groups, n_way=5, n_shot=1, n_query=4, n_episodes=100, seed=3)
+    assert np.array_equal(again.query, eps.query)  # seeded
+    with pytest.raises(MtftError, match="no domain has 7 classes"):
+        sample_episodes_within(labels, groups, n_way=7, n_shot=1, n_query=4, n_episodes=10, seed=0)
