@@ -35,7 +35,6 @@ def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
         ``(mean, std)`` per RGB channel, for inputs scaled to [0, 1].
     """
     model = unwrap(model)
-    model = getattr(getattr(model, "base_model", None), "model", model)  # inside a peft wrapper
     if getattr(model, "input_mean", None) is not None:  # Hugging Face / open_clip towers say their own
         return tuple(model.input_mean), tuple(model.input_std)
     if not getattr(model, "pretrained_cfg", None):
