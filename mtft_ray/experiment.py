@@ -24,6 +24,7 @@ from mtft_ray.config.load import save_resolved
 from mtft_ray.config.schema import ExperimentConfig, StorageConfig
 from mtft_ray.data.load import cache_root, load_store
 from mtft_ray.data.splits import ClassSplit, split_classes
+from mtft_ray.data.sharded import as_rows
 from mtft_ray.data.store import SampleStore
 from mtft_ray.errors import MtftError
 from mtft_ray.evaluation.evaluate import EpisodeEvaluator, validation_evaluator, validation_warnings
@@ -68,7 +69,7 @@ class Experiment:
             torch.set_num_threads(cfg.run.threads)
         self.device = resolve_device(cfg.run.device)
         self.store: SampleStore = load_store(cfg.data, seed=cfg.seed, progress=cfg.run.progress)
-        self.images = torch.from_numpy(self.store.images)
+        self.images = as_rows(self.store.images)
         self.split: ClassSplit = split_classes(self.store, cfg.data.split)
         self.cache = FeatureCache(cache_root(cfg.data))
         domain = cfg.selection.target_domain

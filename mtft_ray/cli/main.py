@@ -9,6 +9,7 @@ Examples:
     mtft-ray cluster check cluster/aws.yaml --sweep sweeps/paper-mxm.yaml
     mtft-ray submit --follow -- sweep sweeps/paper-mxm.yaml --out s3://bucket/sweeps/paper-mxm
     mtft-ray bench episodes
+    mtft-ray data prepare sweeps/default.yaml --out runs/stores/glyphs-64   # a sharded store (Ray Data)
 
 Each subcommand imports its layer when it runs (the only function-level imports of the package's
 own modules): ``mtft-ray --help`` and ``analyze`` then start without loading torch or Ray.
@@ -416,8 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(fn=_cmd_bench)
 
     from mtft_ray.analysis.cli import register as register_analysis
+    from mtft_ray.cli.data import register as register_data
     from mtft_ray.cluster.cli import register as register_cluster
 
+    register_data(sub, _load)  # data prepare, data info
     register_analysis(sub)  # analyze
     register_cluster(sub)  # cluster check, submit, jobs, logs, stop
     return p

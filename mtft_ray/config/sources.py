@@ -129,8 +129,24 @@ class WordNetOptions(_TokenizedOptions):
     max_per_class: int | None = Field(None, ge=1)
 
 
+class StoreOptions(BaseModel):
+    """Options of the ``store`` source: a store made by ``mtft-ray data prepare``.
+
+    ``uri`` is a local folder or ``s3://bucket/prefix``; an S3 store is copied once per node into
+    the cache (``data.cache_dir``) and memory-mapped from there by every trial and worker. The S3
+    endpoint and region are ``endpoint_url`` / ``region``, else the AWS SDK's environment
+    (``$AWS_ENDPOINT_URL_S3``, ``$AWS_REGION``); credentials only ever come from the AWS chain.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(min_length=1)
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
 _OPTIONS: dict[str, type[BaseModel]] = {"glyphs": GlyphOptions, "folder": FolderOptions, "text": TextOptions,
-                                        "wordnet": WordNetOptions}
+                                        "wordnet": WordNetOptions, "store": StoreOptions}
 
 
 def register_options(name: str, model: type[BaseModel]) -> None:

@@ -1,4 +1,9 @@
-"""Load a configured source through the on-disk store cache.
+"""Load a configured source: a prepared store as it is, any other source through the store cache.
+
+A source is decoded once into a sharded store (:mod:`mtft_ray.data.sharded`) under the cache,
+keyed by the source's fingerprint; every later run, trial and Ray Train worker on the machine
+memory-maps that same copy. ``data.source: store`` opens a store made by ``mtft-ray data
+prepare`` instead, local or in S3 (:mod:`mtft_ray.data.nodecache` keeps one copy per node).
 
 Example:
     >>> from mtft_ray.config import load_config
@@ -11,6 +16,7 @@ import os
 from pathlib import Path
 
 from mtft_ray.config.schema import DataConfig
+from mtft_ray.data.sharded import HEADER, open_store, write_store
 from mtft_ray.data.sources import get_source
 from mtft_ray.data.store import SampleStore
 
@@ -22,14 +28,22 @@ def cache_root(data: DataConfig | None = None) -> Path:
     return Path(os.environ.get("MTFT_RAY_CACHE", "~/.cache/mtft-ray")).expanduser()
 
 
+def cached_store_path(data: DataConfig, seed: int = 0) -> Path:
+    """Where the cache keeps the store of ``data`` (a directory; it may not exist yet)."""
+    source = get_source(data.source)
+    fp = source.fingerprint(data.source_options(), data.image_size, seed)
+    return cache_root(data) / "stores" / f"{source.name}-{data.image_size}px-{fp}"
+
+
 def load_store(data: DataConfig, seed: int = 0, progress: bool = False) -> SampleStore:
-    """The source's store: read from the cache when its fingerprint matches, else built and cached."""
+    """The source's store, memory-mapped: a prepared store (``data.source: store``) as it is;
+    any other source read from the cache when its fingerprint matches, else built and cached."""
     source = get_source(data.source)
     options = data.source_options()
-    fp = source.fingerprint(options, data.image_size, seed)
-    path = cache_root(data) / "stores" / f"{source.name}-{data.image_size}px-{fp}.npz"
-    if path.is_file():
-        return SampleStore.load(path)
-    store = source.build(options, data.image_size, seed, progress=progress)
-    store.save(path)
-    return store
+    if callable(getattr(source, "open", None)):
+        return source.open(options, data, cache_root(data))
+    path = cached_store_path(data, seed)
+    if not (path / HEADER).is_file():
+        store = source.build(options, data.image_size, seed, progress=progress)
+        write_store(store, path, build_key=f"{source.name}:{data.image_size}:{path.name.rsplit('-', 1)[1]}")
+    return open_store(path)

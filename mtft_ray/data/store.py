@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -39,13 +36,17 @@ class SampleStore:
     Attributes:
         images: the model inputs, one row per sample: ``(N, H, W)`` grayscale or ``(N, H, W, 3)``
             RGB uint8 images, or for text ``(N, 2, L)`` int32 token ids (``[:, 0]``) and attention
-            masks (``[:, 1]``), tokenized once at a fixed length ``L`` (:func:`is_tokens`).
+            masks (``[:, 1]``), tokenized once at a fixed length ``L`` (:func:`is_tokens`). An
+            array in memory, or, for a store opened from disk, a memory-mapped
+            :class:`~mtft_ray.data.sharded.ShardedArray` that reads only the rows gathered.
         labels: ``(N,)`` int64 class id of each sample, in ``[0, num_classes)``.
         domains: ``(N,)`` int64 domain id of each sample, in ``[0, num_domains)``.
         class_names: name of each class id (unique).
         domain_names: name of each domain id (unique).
         class_domain: ``(num_classes,)`` domain id of each class (a class lives in one domain).
         meta: free-form provenance (source name, options, font list, ...), JSON-serialisable.
+        files: where each sample came from (a path, or ``"<file>#<row>"`` inside an archive);
+            ``None`` for generated sources (glyphs). Kept in the store's index.
     """
 
     images: np.ndarray
@@ -55,6 +56,8 @@ class SampleStore:
     domain_names: list[str]
     class_domain: np.ndarray
     meta: dict = field(default_factory=dict)
+    files: list[str] | None = None
+    digest: str | None = None  # the fingerprint a sharded store was written with (its header's)
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -69,6 +72,8 @@ class SampleStore:
             raise ValueError("labels out of range of class_names")
         if n and (self.domains.min() < 0 or self.domains.max() >= len(self.domain_names)):
             raise ValueError("domains out of range of domain_names")
+        if self.files is not None and len(self.files) != n:
+            raise ValueError("files must have one entry per sample")
 
     @property
     def num_samples(self) -> int:
@@ -98,7 +103,14 @@ class SampleStore:
         return [order[bounds[c] : bounds[c + 1]] for c in range(self.num_classes)]
 
     def fingerprint(self) -> str:
-        """A content hash: equal stores have equal fingerprints (used as a cache key)."""
+        """A cache key: equal stores have equal fingerprints.
+
+        A store opened from disk (:func:`mtft_ray.data.sharded.open_store`) has the one its header
+        was written with, computed from its index and build options; a store built in memory
+        hashes its contents.
+        """
+        if self.digest is not None:
+            return self.digest
         h = hashlib.sha256()
         for arr in (self.images, self.labels, self.domains, self.class_domain):
             h.update(str(arr.shape).encode())
@@ -106,36 +118,9 @@ class SampleStore:
         h.update(json.dumps([self.class_names, self.domain_names]).encode())
         return h.hexdigest()[:16]
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the store to ``path`` (``.npz``) atomically: readers never see half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        os.close(fd)
-        try:
-            np.savez(
-                tmp, images=self.images, labels=self.labels, domains=self.domains,
-                class_domain=self.class_domain,
-                names=np.array(json.dumps({"classes": self.class_names, "domains": self.domain_names,
-                                           "meta": self.meta})),
-            )
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "SampleStore":
-        with np.load(path, allow_pickle=False) as z:
-            names = json.loads(str(z["names"]))
-            return cls(images=z["images"], labels=z["labels"].astype(np.int64),
-                       domains=z["domains"].astype(np.int64), class_names=names["classes"],
-                       domain_names=names["domains"], class_domain=z["class_domain"].astype(np.int64),
-                       meta=names["meta"])
-
 
 def build_store(images: list[np.ndarray] | np.ndarray, class_keys: list[tuple[str, str]],
-                meta: dict | None = None) -> SampleStore:
+                meta: dict | None = None, files: list[str] | None = None) -> SampleStore:
     """Assemble a store from images and their ``(domain, class)`` names.
 
     Class and domain ids are assigned in sorted name order, so the same inputs in any order
@@ -146,6 +131,7 @@ def build_store(images: list[np.ndarray] | np.ndarray, class_keys: list[tuple[st
         class_keys: ``(domain_name, class_name)`` of each sample. A class name is made unique
             across domains by prefixing its domain (``"greek/alpha"``).
         meta: provenance to keep with the store.
+        files: where each sample came from (see :attr:`SampleStore.files`).
     """
     if len(images) != len(class_keys):
         raise ValueError("one (domain, class) key per image")
@@ -160,5 +146,5 @@ def build_store(images: list[np.ndarray] | np.ndarray, class_keys: list[tuple[st
         labels=np.array([cls_id[c] for c in full], np.int64),
         domains=np.array([dom_id[d] for d, _ in class_keys], np.int64),
         class_names=class_names, domain_names=domain_names, class_domain=class_domain,
-        meta=dict(meta or {}),
+        meta=dict(meta or {}), files=None if files is None else [str(f) for f in files],
     )

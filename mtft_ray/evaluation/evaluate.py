@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mtft_ray.config.schema import EvalConfig, ExperimentConfig
+from mtft_ray.data.sharded import as_rows
 from mtft_ray.data.store import SampleStore
 from mtft_ray.errors import MtftError
 from mtft_ray.tasks.episodes import Episodes, episode_accuracy, mean_ci95, sample_episodes, sample_episodes_within
@@ -31,7 +32,7 @@ class SplitFeatures:
                  device: torch.device | str = "cpu", cache: FeatureCache | None = None, progress: bool = False,
                  name: str = "split") -> None:
         self.sample_ids = np.asarray(sample_ids, np.int64)
-        self.images = torch.from_numpy(store.images)
+        self.images = as_rows(store.images)
         self.batch_size, self.device = batch_size, torch.device(device)
         self.cache, self.progress, self.name = cache, progress, name
         self._data_fp = store.fingerprint()

@@ -31,7 +31,7 @@ def embed(model: nn.Module, images: torch.Tensor, sample_ids: np.ndarray, batch_
     """Features of ``images[sample_ids]`` in eval mode, as float32 on the CPU.
 
     Args:
-        images: the store's uint8 images as a CPU tensor (``torch.from_numpy(store.images)``).
+        images: the store's uint8 images as a CPU tensor (``as_rows(store.images)``: a tensor, or a memory-mapped :class:`~mtft_ray.data.sharded.ShardedArray`).
         sample_ids: which samples, in output order.
     """
     device = torch.device(device)

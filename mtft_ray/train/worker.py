@@ -37,6 +37,7 @@ from torch import nn
 from mtft_ray.config.schema import ExperimentConfig
 from mtft_ray.data.load import load_store
 from mtft_ray.data.splits import split_classes
+from mtft_ray.data.sharded import as_rows
 from mtft_ray.data.store import SampleStore
 from mtft_ray.evaluation.evaluate import EpisodeEvaluator, validation_evaluator
 from mtft_ray.evaluation.features import embed
@@ -72,7 +73,7 @@ class WorkerData:
         """From the store cache (a Ray worker, wherever it starts)."""
         store = load_store(cfg.data, seed=cfg.seed)
         val = validation_evaluator(cfg, store, split_classes(store, cfg.data.split).val, device=device)
-        return cls(store, torch.from_numpy(store.images), val)
+        return cls(store, as_rows(store.images), val)
 
 
 @dataclass

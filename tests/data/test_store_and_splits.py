@@ -3,18 +3,12 @@ import pytest
 
 from mtft_ray.config.schema import SplitConfig
 from mtft_ray.data.splits import split_classes
-from mtft_ray.data.store import SampleStore
 from mtft_ray.errors import MtftError
 from tests.conftest import make_store
 
 
-def test_store_roundtrip_and_fingerprint(tmp_path, small_store):
-    path = tmp_path / "s.npz"
-    small_store.save(path)
-    loaded = SampleStore.load(path)
-    assert np.array_equal(loaded.images, small_store.images)
-    assert loaded.class_names == small_store.class_names
-    assert loaded.fingerprint() == small_store.fingerprint()
+def test_store_fingerprint_tells_contents_apart(small_store):
+    assert make_store(seed=0).fingerprint() == small_store.fingerprint()
     assert make_store(seed=1).fingerprint() != small_store.fingerprint()
 
 

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -69,6 +70,8 @@ def _list_files(opt: FolderOptions) -> list[tuple[str, str, Path]]:
     """
     if not opt.root:
         raise MtftError("data source 'folder' needs data.options.root (a directory root/<domain>/<class>/<images>)")
+    if opt.root.startswith("s3://"):
+        return _list_s3(opt)
     root = Path(opt.root).expanduser()
     if not root.is_dir():
         raise MtftError(f"data root not found: {root} (data.options.root)")
@@ -83,6 +86,42 @@ def _list_files(opt: FolderOptions) -> list[tuple[str, str, Path]]:
             files += [(domain.name, cls.name, p) for p in imgs]
     if not files:
         raise MtftError(f"no images ({', '.join(sorted(exts))}) found under {root}/<domain>/<class>/")
+    return files
+
+
+def read_object(uri: str) -> bytes:
+    """The bytes of the S3 object ``uri`` (one GET; endpoint from the AWS environment)."""
+    from mtft_ray.data.nodecache import s3_client, s3_reason, split_uri
+
+    bucket, key = split_uri(uri)
+    try:
+        return s3_client(None, None).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as e:
+        raise MtftError(f"reading {uri} failed: {s3_reason(e)}") from None
+
+
+def _list_s3(opt: FolderOptions) -> list[tuple[str, str, str]]:
+    """``(domain, class, s3://bucket/key)`` of every image under an ``s3://`` root, sorted by key
+    (``mtft-ray data prepare`` reads them in its tasks; ``build`` needs a local root)."""
+    from mtft_ray.data.nodecache import s3_client, s3_reason, split_uri
+
+    bucket, prefix = split_uri(opt.root)
+    exts, files, per_class = {e.lower() for e in opt.extensions}, [], {}
+    try:
+        pages = s3_client(None, None).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+        keys = sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+    except Exception as e:
+        raise MtftError(f"cannot list data root {opt.root}: {s3_reason(e)}") from None
+    for key in keys:
+        parts = key[len(prefix.rstrip("/")) + 1:].split("/")
+        if len(parts) != 3 or Path(parts[2]).suffix.lower() not in exts:
+            continue
+        n = per_class.setdefault((parts[0], parts[1]), 0)
+        if opt.max_per_class is None or n < opt.max_per_class:
+            per_class[(parts[0], parts[1])] = n + 1
+            files.append((parts[0], parts[1], f"s3://{bucket}/{key}"))
+    if not files:
+        raise MtftError(f"no images ({', '.join(sorted(exts))}) found under {opt.root}/<domain>/<class>/")
     return files
 
 
@@ -122,8 +161,9 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return im.convert("RGB")
 
 
-def _decode(path: Path, size: int, background: tuple[int, int, int]) -> np.ndarray:
-    """The image at ``path`` as ``(size, size, 3)`` uint8: :func:`_to_rgb`, then resize and centre crop.
+def _decode(path: Path | io.BytesIO, size: int, background: tuple[int, int, int], name: str | None = None) -> np.ndarray:
+    """The image at ``path`` (or in a bytes buffer, called ``name`` in messages) as
+    ``(size, size, 3)`` uint8: :func:`_to_rgb`, then resize and centre crop.
 
     Raises:
         MtftError: the file is not a readable image, or it has more pixels than PIL's
@@ -139,11 +179,13 @@ def _decode(path: Path, size: int, background: tuple[int, int, int]) -> np.ndarr
             left, top = (im.width - size) // 2, (im.height - size) // 2
             return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise MtftError(f"image too large {_shown(path)}: {str(e).split(',')[0]} (PIL's guard against "
+        raise MtftError(f"image too large {name or _shown(path)}: {str(e).split(',')[0]} (PIL's guard against "
                         f"decompression bombs, PIL.Image.MAX_IMAGE_PIXELS)") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         reason = str(e).replace(f"'{path}'", "").strip(" :") or type(e).__name__
-        raise MtftError(f"unreadable image {_shown(path)}: {reason}") from None
+        if name:
+            reason = reason.split(" <_io.BytesIO")[0].replace("image file", "image")
+        raise MtftError(f"unreadable image {name or _shown(path)}: {reason}") from None
 
 
 class _Folder:
@@ -152,19 +194,37 @@ class _Folder:
 
     def fingerprint(self, options: FolderOptions, image_size: int, seed: int) -> str:
         h = hashlib.sha256(json.dumps([_VERSION, options.model_dump(), image_size]).encode())
+        if options.root.startswith("s3://"):  # keys (their listing order) name the objects
+            h.update("\n".join(f for _, _, f in _list_files(options)).encode())
+            return h.hexdigest()[:16]
         for d, c, p in _list_files(options):
             st = p.stat()
             h.update(f"{d}/{c}/{p.name}:{st.st_size}:{st.st_mtime_ns}".encode("utf-8", "surrogateescape"))
         return h.hexdigest()[:16]
 
+    def list_files(self, options: FolderOptions) -> list[tuple[str, str, str]]:
+        return [(d, c, str(p)) for d, c, p in _list_files(options)]
+
+    def decode(self, file: str, image_size: int, options: FolderOptions) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # one error line, not a warning
+            if file.startswith("s3://"):
+                return _decode(io.BytesIO(read_object(file)), image_size, options.background, name=file)
+            return _decode(Path(file), image_size, options.background)
+
     def build(self, options: FolderOptions, image_size: int, seed: int, progress: bool = False) -> SampleStore:
+        if options.root.startswith("s3://"):
+            raise MtftError(f"a folder in S3 ({options.root}) is read by `mtft-ray data prepare CONFIG --out URI`; "
+                            f"then use data.source: store with that URI")
         files = _list_files(options)
         with warnings.catch_warnings(), ThreadPoolExecutor(options.workers) as pool:
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # one error line, not a warning
             it = pool.map(lambda f: _decode(f[2], image_size, options.background), files)
             images = list(progress_bar(it, progress, total=len(files), desc="decoding images", unit="img"))
-        meta = {"source": "folder", "root": str(Path(options.root).expanduser().resolve()), "files": len(files)}
-        return build_store(images, [(d, c) for d, c, _ in files], meta)
+        root = Path(options.root).expanduser()
+        meta = {"source": "folder", "root": str(root.resolve()), "files": len(files)}
+        return build_store(images, [(d, c) for d, c, _ in files], meta,
+                           files=[_shown(p.relative_to(root)) for _, _, p in files])
 
 
 SOURCE = register(_Folder())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
+
 from pydantic import BaseModel
 
 from mtft_ray.config.sources import register_options
@@ -30,6 +32,29 @@ class Source(Protocol):
     def build(self, options: BaseModel, image_size: int, seed: int, progress: bool = False) -> SampleStore:
         """Decode the source into a store of ``image_size`` x ``image_size`` images."""
         ...
+
+
+class FileSource(Source, Protocol):
+    """A source whose samples are image files, one per sample: ``mtft-ray data prepare`` then
+    lists them once and decodes them in parallel Ray Data tasks across the cluster
+    (:mod:`mtft_ray.data.prepare`) instead of calling ``build`` in one process.
+
+    ``build`` must give the same store as decoding ``list_files`` in order with ``decode``.
+    """
+
+    def list_files(self, options: BaseModel) -> list[tuple[str, str, str]]:
+        """``(domain, class, file)`` of every sample, in the store's order (sorted); ``file`` is a
+        local path or an ``s3://`` URI."""
+        ...
+
+    def decode(self, file: str, image_size: int, options: BaseModel) -> np.ndarray:
+        """One sample as a fixed-shape uint8 array (``(image_size, image_size, 3)`` for RGB)."""
+        ...
+
+
+def is_file_source(source: Source) -> bool:
+    """Whether ``source`` lists image files that can be decoded in parallel (:class:`FileSource`)."""
+    return callable(getattr(source, "list_files", None)) and callable(getattr(source, "decode", None))
 
 
 _SOURCES: dict[str, Source] = {}
