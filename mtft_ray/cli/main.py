@@ -299,6 +299,11 @@ def _sweep_dry_run(ns: argparse.Namespace, path: str, sweep, base, where) -> int
               f"start before it stops the sweep")
     check_data(sweep, base, path)
     print("data:        every episode shape of the space fits the data")
+    from mtft_ray.data.info import memory_line
+    from mtft_ray.data.load import load_store
+
+    processes = concurrency * (1 + (base.train.workers or 0))
+    print(f"memory:      {memory_line(load_store(base.data, seed=base.seed), processes)}")
     print(f"output:      {where.uri('trials.csv')} (dry run: nothing trained)")
     return 0
 

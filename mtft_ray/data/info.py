@@ -72,3 +72,18 @@ def format_info(info: dict) -> str:
     for name, d in info["domains"].items():
         lines.append(f"  {name:<28} {d['classes']:>8,} {d['samples']:>9,} {d['min_per_class']:>5}-{d['max_per_class']:<5}")
     return "\n".join(lines)
+
+
+def memory_line(store, processes: int) -> str:
+    """What a store costs in memory when ``processes`` trials and workers on a node read it (the
+    ``memory:`` line of a sweep's ``--dry-run``)."""
+    from mtft_ray.data.sharded import RELEASE_BYTES, ShardedArray
+
+    shape = "x".join(str(s) for s in store.image_shape)
+    size = store.num_samples * int(np.prod(store.image_shape)) * store.images.dtype.itemsize
+    what = f"store {size / 1e9:,.2f} GB ({store.num_samples:,} x {shape} {store.images.dtype})"
+    if isinstance(store.images, ShardedArray):
+        return (f"{what}, memory-mapped: one copy per node in the page cache for all {processes} processes "
+                f"(trials and workers); each maps at most {RELEASE_BYTES >> 20} MB of it at a time, not "
+                f"{processes} x {size / 1e9:,.2f} GB as arrays of their own")
+    return f"{what} in memory, in each of {processes} processes: {processes * size / 1e9:,.2f} GB"
