@@ -37,6 +37,7 @@ from mtft_ray.selection.metrics import consistency, task_means
 from mtft_ray.lock import FolderLock
 from mtft_ray.storage import Storage, open_storage
 from mtft_ray.tasks.pool import TaskSet, domain_classes, make_tasks, write_manifest
+from mtft_ray.train.augment import check_augment
 from mtft_ray.train.distributed import finetune_distributed, open_run_storage, preflight
 from mtft_ray.train.standard import finetune_standard
 from mtft_ray.train.lr_probe import probe_lr, with_lr
@@ -69,6 +70,7 @@ class Experiment:
             torch.set_num_threads(cfg.run.threads)
         self.device = resolve_device(cfg.run.device)
         self.store: SampleStore = load_store(cfg.data, seed=cfg.seed, progress=cfg.run.progress)
+        check_augment(cfg.finetune.augment, self.store)  # text cannot be augmented: fail before any work
         self.images = as_rows(self.store.images)
         self.split: ClassSplit = split_classes(self.store, cfg.data.split)
         self.cache = FeatureCache(cache_root(cfg.data))

@@ -252,6 +252,11 @@ class FinetuneConfig(_Strict):
     temperature_group: Literal["own", "backbone"] = "own"
     # tasks visited in a new seeded order every epoch, or in one fixed order (the paper's code)
     task_order: Literal["shuffled", "fixed"] = "shuffled"
+    # training-time augmentation of every image of a finetuning step (supports and queries, on the
+    # device; never validation or evaluation episodes): "dinov2" is the paper's DINOv2/MoCo/torchvision
+    # recipe (random resized crop 0.32-1, flip, colour jitter 0.4/0.4/0.2/0.1 p 0.8, grayscale p 0.2),
+    # seeded by (seed, epoch, step, rank); "none" (the paper's CLIP recipes) leaves batches as stored
+    augment: Literal["none", "dinov2"] = "none"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     init_temperature: float = Field(10.0, gt=0)

@@ -32,6 +32,7 @@ from mtft_ray.models.inputs import model_input, normalization
 from mtft_ray.models.state import freeze_batchnorm_stats
 from mtft_ray.progress import progress as progress_bar
 from mtft_ray.tasks.pool import TaskSet
+from mtft_ray.train.augment import BatchAugment, StepAugment
 from mtft_ray.train.collective import all_reduce_sum
 from mtft_ray.train.loss import PrototypeHead
 from mtft_ray.train.strategies import Strategy
@@ -168,7 +169,8 @@ class EpochResult:
 def train_epoch(strategy: Strategy, net: EpisodicModel, tasks: TaskSet, images: torch.Tensor,
                 steps: list[Step], *, device: torch.device, world_size: int = 1,
                 before_step: Callable[[int], None] | None = None, first_step: int = 0,
-                progress: bool = False, desc: str = "multitask") -> tuple[list[float], float, int, float]:
+                progress: bool = False, desc: str = "multitask",
+                augment: StepAugment | None = None) -> tuple[list[float], float, int, float]:
     """Run ``steps`` through ``strategy``; returns (step losses, mean task accuracy, images, seconds).
 
     Each rank's loss is ``world_size / n_global * sum(its task losses)``: DDP and DeepSpeed
@@ -180,6 +182,8 @@ def train_epoch(strategy: Strategy, net: EpisodicModel, tasks: TaskSet, images: 
     Args:
         before_step: called with the 1-based global step number before each step (test hook).
         first_step: global steps done before this epoch.
+        augment: called with each step's device batch and its 1-based global step number; returns
+            the batch to train on (:meth:`~mtft_ray.train.augment.BatchAugment.for_epoch`). None: as stored.
     """
     mean, std = normalization(net.backbone)
     bar = progress_bar(steps, progress, desc=desc, unit="step", leave=False)
@@ -190,6 +194,8 @@ def train_epoch(strategy: Strategy, net: EpisodicModel, tasks: TaskSet, images: 
         strategy.zero_grad()
         ids = np.concatenate([tasks.episode_samples(i) for i in step.tasks])
         batch = images.index_select(0, torch.from_numpy(ids)).to(device, non_blocking=True)
+        if augment is not None:
+            batch = augment(batch, first_step + k + 1)
         losses, accs = strategy.module(model_input(batch, mean, std), len(step.tasks), tasks.n_way, tasks.n_shot,
                                        tasks.n_query)
         loss = 0.0
@@ -231,7 +237,8 @@ def run_epoch(strategy: Strategy, net: EpisodicModel, tasks: TaskSet, images: to
         freeze_batchnorm_stats(net.backbone)
     step_losses, acc, n_images, seconds = train_epoch(
         strategy, net, tasks, images, steps, device=device, world_size=world_size, before_step=before_step,
-        first_step=first_step, progress=progress, desc=f"multitask epoch {epoch}/{cfg.epochs}")
+        first_step=first_step, progress=progress, desc=f"multitask epoch {epoch}/{cfg.epochs}",
+        augment=BatchAugment(cfg.augment, cfg.seed).for_epoch(epoch, rank))
     val, ci = validate() if validate else (None, None)
     temperature = strategy.full_state_dict(net.head)["temperature"].item()
     stats = EpochStats(epoch, float(np.mean(step_losses)), acc, val, temperature, len(steps), n_images, seconds, ci)
