@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from PIL import ImageColor
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -145,8 +145,75 @@ class StoreOptions(BaseModel):
     region: str | None = None
 
 
+class DomainNetOptions(BaseModel):
+    """Options of the ``domainnet`` source: DomainNet as published, ``root/<domain>/<class>/<images>``
+    with the split lists ``root/<domain>_train.txt`` and ``root/<domain>_test.txt``.
+
+    The lists say which images exist (files on disk that no list names are ignored). ``images``
+    picks the lists read: ``train``, ``test`` or ``all`` (both); ``domains: null`` takes every
+    domain that has those lists. ``max_per_class`` keeps the first N listed files of a class in
+    sorted order; ``background`` and ``workers`` are as in ``folder``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = ""
+    domains: list[str] | None = Field(None, min_length=1)  # clipart, infograph, painting, quickdraw, real, sketch
+    images: Literal["train", "test", "all"] = "all"
+    max_per_class: int | None = Field(None, ge=1)
+    background: Annotated[tuple[_Channel, _Channel, _Channel], BeforeValidator(_rgb)] = Field(
+        "white", validate_default=True)
+    workers: int = Field(8, ge=1)  # decoding threads; any count gives the same store
+
+
+class MiniImageNetOptions(BaseModel):
+    """Options of the ``miniimagenet`` source, in either published layout: Ravi & Larochelle's
+    ``train.csv``, ``val.csv``, ``test.csv`` with ``images/`` (``format: csv``), or the pickles
+    ``mini-imagenet-cache-{train,val,test}.pkl`` (``format: pkl``); ``auto`` takes the csv layout
+    when a csv is there, else the pickles. ``max_per_class`` keeps the first N images of a class.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = ""
+    format: Literal["auto", "csv", "pkl"] = "auto"
+    max_per_class: int | None = Field(None, ge=1)
+    workers: int = Field(8, ge=1)  # decoding threads (csv layout); any count gives the same store
+
+
+class TieredImageNetOptions(BaseModel):
+    """Options of the ``tieredimagenet`` source: Ren et al.'s ``{train,val,test}_images_png.pkl``
+    and ``{train,val,test}_labels.pkl`` in ``root``. ``max_per_class`` keeps the first N images
+    of a class in file order.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = ""
+    max_per_class: int | None = Field(None, ge=1)
+    workers: int = Field(8, ge=1)  # PNG decoding threads; any count gives the same store
+
+
+class MetaDatasetOptions(BaseModel):
+    """Options of the ``metadataset`` source: Meta-Dataset's converted records, one folder per
+    source (``root/<source>/dataset_spec.json`` and ``root/<source>/<class id>.tfrecords``).
+
+    ``sources: null`` takes every folder of ``root`` with a ``dataset_spec.json``.
+    ``max_per_class`` keeps the first N records of a class in file order.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = ""
+    sources: list[str] | None = Field(None, min_length=1)  # omniglot, aircraft, cu_birds, ... (folder names)
+    max_per_class: int | None = Field(None, ge=1)
+    workers: int = Field(8, ge=1)  # decoding threads; any count gives the same store
+
+
 _OPTIONS: dict[str, type[BaseModel]] = {"glyphs": GlyphOptions, "folder": FolderOptions, "text": TextOptions,
-                                        "wordnet": WordNetOptions, "store": StoreOptions}
+                                        "wordnet": WordNetOptions, "store": StoreOptions,
+                                        "domainnet": DomainNetOptions, "miniimagenet": MiniImageNetOptions,
+                                        "tieredimagenet": TieredImageNetOptions, "metadataset": MetaDatasetOptions}
 
 
 def register_options(name: str, model: type[BaseModel]) -> None:

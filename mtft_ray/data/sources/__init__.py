@@ -10,7 +10,8 @@ Example:
     20
 """
 
-from mtft_ray.data.sources import folder, glyphs, store, text, wordnet  # noqa: F401  (the built-in sources register themselves)
+from mtft_ray.data.sources import (  # the built-in sources register themselves
+    domainnet, folder, glyphs, metadataset, miniimagenet, store, text, tieredimagenet, wordnet)  # noqa: F401
 from mtft_ray.data.sources.registry import FileSource, Source, get_source, is_file_source, register, source_names
 
 __all__ = ["FileSource", "Source", "get_source", "is_file_source", "register", "source_names"]

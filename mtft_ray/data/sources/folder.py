@@ -161,6 +161,15 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return im.convert("RGB")
 
 
+def fit(im: Image.Image, size: int) -> np.ndarray:
+    """``im`` as ``(size, size, ...)`` uint8: shorter side to ``size`` (bicubic), then centre crop."""
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    left, top = (im.width - size) // 2, (im.height - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
 def _decode(path: Path | io.BytesIO, size: int, background: tuple[int, int, int], name: str | None = None) -> np.ndarray:
     """The image at ``path`` (or in a bytes buffer, called ``name`` in messages) as
     ``(size, size, 3)`` uint8: :func:`_to_rgb`, then resize and centre crop.
@@ -172,12 +181,7 @@ def _decode(path: Path | io.BytesIO, size: int, background: tuple[int, int, int]
     """
     try:
         with Image.open(path) as im:
-            im = _to_rgb(im, background)
-            w, h = im.size
-            scale = size / min(w, h)
-            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-            left, top = (im.width - size) // 2, (im.height - size) // 2
-            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+            return fit(_to_rgb(im, background), size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise MtftError(f"image too large {name or _shown(path)}: {str(e).split(',')[0]} (PIL's guard against "
                         f"decompression bombs, PIL.Image.MAX_IMAGE_PIXELS)") from None
