@@ -46,3 +46,25 @@ def test_quickstart_is_a_small_grid_on_one_target():
     assert sweep.search.algorithm == "grid" and trial_count(sweep) == 6
     assert base.methods == ["multitask"] and base.eval.shots == [1]
     assert base.selection.target_domain == "lao" and base.finetune.epochs == 1
+
+
+STORES = sorted((Path(__file__).parent.parent / "sweeps" / "stores").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STORES, ids=lambda p: p.name)
+def test_store_file_opens_with_a_comment_and_validates(path):
+    text = path.read_text()
+    assert text.startswith("#") and "Launch:" in text and "Costs:" in text
+    assert f"mtft-ray data prepare sweeps/stores/{path.name}" in text
+    cfg = load_config(path)
+    assert cfg.name == path.stem and cfg.data.source != "store"
+
+
+def test_every_sweep_on_a_prepared_store_says_how_to_prepare_it():
+    stores = {p.name for p in STORES}
+    for path in SWEEPS:
+        raw = yaml.safe_load(path.read_text()) or {}
+        base = raw.get("base")
+        if isinstance(base, dict) and (base.get("data") or {}).get("source") == "store":
+            named = [w.split("sweeps/stores/", 1)[1] for w in path.read_text().split() if "sweeps/stores/" in w]
+            assert named and set(named) <= stores, path.name
