@@ -1,11 +1,12 @@
 """``mtft-ray data prepare``: build a sharded store with Ray Data, locally or into S3, resumably.
 
-A source whose samples are image files (:class:`~mtft_ray.data.sources.registry.FileSource`:
-``folder``, ``domainnet``, miniImageNet's csv layout) is listed once in the driver; the listing
+A source whose samples are image files or rows of published archives
+(:class:`~mtft_ray.data.sources.registry.FileSource`: ``folder``, ``domainnet``,
+``miniimagenet``, ``tieredimagenet``, ``metadataset``) is listed once in the driver; the listing
 is cut into fixed shards (``rows`` samples each, in the store's order) and Ray Data maps one task
 per shard across the cluster: read each file (local disk or ``s3://``), decode, resize,
-centre-crop, write the shard. Every other source (glyphs, text, pickled data sets) is built in
-the driver and written shard by shard the same way.
+centre-crop, write the shard. Every other source (glyphs, text, wordnet) is built in the driver
+and written shard by shard the same way.
 
 A shard is written whole or not at all (a local temporary file renamed into place; one S3 PUT),
 so a prepare that was killed and is run again keeps every finished shard (a file of the size the
@@ -112,6 +113,10 @@ def _shard_task(item: dict, data: DataConfig, target: Target) -> dict:
     options = data.source_options()
     t0 = time.perf_counter()
     rows = np.stack([source.decode(f, data.image_size, options) for f in item["files"]])
+    want = (len(item["files"]), data.image_size, data.image_size, 3)
+    if rows.shape != want or rows.dtype != np.uint8:
+        raise MtftError(f"data source {source.name!r} decoded {item['files'][0]} ... as {rows.dtype} "
+                        f"{rows.shape[1:]}, not uint8 {want[1:]}")
     target.write(item["name"], _npy_bytes(rows))
     return {"k": item["k"], "rows": len(rows), "seconds": time.perf_counter() - t0}
 
@@ -162,8 +167,8 @@ def prepare(data: DataConfig, out: str, *, seed: int = 0, parallelism: int | Non
         listing = source.list_files(options)
         if not listing:
             raise MtftError(f"data source {source.name!r} lists no files")
-        first = source.decode(listing[0][2], data.image_size, options)
-        shape, dtype = first.shape, first.dtype
+        # a FileSource decodes to (image_size, image_size, 3) uint8: no file is read in the driver
+        shape, dtype = (data.image_size, data.image_size, 3), np.dtype(np.uint8)
         index_store = build_store(np.zeros((len(listing), 1, 1), np.uint8), [(d, c) for d, c, _ in listing],
                                   {"source": source.name, "image_size": data.image_size},
                                   files=[_relative(f, getattr(options, "root", None)) for _, _, f in listing])

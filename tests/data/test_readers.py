@@ -20,6 +20,9 @@ from miniatures import (MINI_CLASSES, SIZE, TIERED_CLASSES, py2_pickle, write_do
 from mtft_ray.config import load_config
 from mtft_ray.config.sources import DomainNetOptions, MetaDatasetOptions, MiniImageNetOptions, TieredImageNetOptions
 from mtft_ray.data.sources import get_source, is_file_source
+from mtft_ray.data.sources import metadataset as metadataset_module
+from mtft_ray.data.sources import tieredimagenet as tiered_module
+from mtft_ray.data.sources.miniimagenet import SPLITS
 from mtft_ray.data.splits import split_classes
 from mtft_ray.data.store import SampleStore, build_store
 from mtft_ray.errors import MtftError
@@ -259,6 +262,36 @@ def test_tieredimagenet_inconsistent_files_are_one_error(tmp_path):
     assert one_error(e).startswith(f"tieredImageNet file missing: {tmp_path}/test_labels.pkl")
 
 
+def test_tieredimagenet_build_is_list_files_and_decode(tmp_path, monkeypatch):
+    write_tiered(tmp_path, {"train": 3, "val": 2, "test": 2}, per_class=2)
+    for size, cap in ((SIZE, None), (16, 1)):
+        store = assert_build_is_list_and_decode("tieredimagenet", TieredImageNetOptions(root=str(tmp_path),
+                                                                                        max_per_class=cap), size)
+        assert store.image_shape == (size, size, 3) and store.num_samples == 7 * (cap or 2)
+    src, opts = get_source("tieredimagenet"), TieredImageNetOptions(root=str(tmp_path))
+    loads = collections.Counter()
+    real = tiered_module._load_pickle
+    monkeypatch.setattr(tiered_module, "_load_pickle", lambda p: loads.update([p.name]) or real(p))
+    tiered_module._cached.clear()
+    for *_, f in src.list_files(opts):  # as a shard task walks its files: each split's pickle read once
+        src.decode(f, SIZE, opts)
+    assert {n: c for n, c in loads.items() if "images" in n} == {f"{s}_images_png.pkl": 1 for s in SPLITS}
+    assert len(tiered_module._cached) == 1
+
+
+def test_tieredimagenet_image_count_is_checked_when_a_listed_row_is_decoded(tmp_path):
+    write_tiered(tmp_path, {"train": 2, "val": 1, "test": 1}, per_class=2)
+    src, opts = get_source("tieredimagenet"), TieredImageNetOptions(root=str(tmp_path))
+    with open(tmp_path / "val_images_png.pkl", "rb") as f:
+        pngs = pickle.load(f, encoding="latin1")
+    py2_pickle(pngs[:1], tmp_path / "val_images_png.pkl")
+    listing = src.list_files(opts)  # only the labels are read here
+    assert f"{tmp_path}/val_images_png.pkl#1" in [f for *_, f in listing]
+    with pytest.raises(MtftError) as e:
+        src.decode(f"{tmp_path}/val_images_png.pkl#0", SIZE, opts)
+    assert one_error(e) == f"{tmp_path}/val_images_png.pkl holds 1 images but {tmp_path}/val_labels.pkl labels 2"
+
+
 # metadataset
 
 def test_metadataset_reads_the_three_spec_kinds(tmp_path):
@@ -313,6 +346,44 @@ def test_metadataset_count_mismatch_and_missing_files_are_one_error(tmp_path):
     (tmp_path / "aircraft" / "dataset_spec.json").rename(tmp_path / "aircraft" / "dataset_spec.pkl")
     with pytest.raises(MtftError, match=r"spec missing: .*aircraft/dataset_spec.json \(only the older dataset_spec"):
         src.build(MetaDatasetOptions(root=str(tmp_path), sources=["aircraft"]), SIZE, 0)
+
+
+def test_metadataset_build_is_list_files_and_decode(tmp_path, monkeypatch):
+    write_metadataset(tmp_path)
+    for size, cap, sources in ((SIZE, None, None), (16, 1, ["omniglot", "aircraft"])):
+        opts = MetaDatasetOptions(root=str(tmp_path), max_per_class=cap, sources=sources)
+        store = assert_build_is_list_and_decode("metadataset", opts, size)
+        assert store.image_shape == (size, size, 3)
+        assert store.num_samples == (14 if sources is None else 10) * (cap or 2)
+    src, opts = get_source("metadataset"), MetaDatasetOptions(root=str(tmp_path))
+    reads = collections.Counter()
+    real = metadataset_module.tfrecord_loader
+    monkeypatch.setattr(metadataset_module, "tfrecord_loader", lambda p, *a: reads.update([p]) or real(p, *a))
+    metadataset_module._cached.clear()
+    listing = src.list_files(opts)
+    assert not reads  # counted from the specs
+    for *_, f in listing:  # as a shard task walks its files: each class file read once
+        src.decode(f, SIZE, opts)
+    assert sorted(reads) == sorted({f.rpartition("#")[0] for *_, f in listing}) and set(reads.values()) == {1}
+    assert len(metadataset_module._cached) == 1
+
+
+def test_metadataset_records_are_checked_when_a_listed_record_is_decoded(tmp_path):
+    write_metadataset(tmp_path)
+    src, opts = get_source("metadataset"), MetaDatasetOptions(root=str(tmp_path), sources=["omniglot"])
+    data = (tmp_path / "omniglot" / "2.tfrecords").read_bytes()
+    (tmp_path / "omniglot" / "2.tfrecords").write_bytes(data + data)  # 4 records, the spec says 2
+    listing = [f for *_, f in src.list_files(opts)]
+    assert f"{tmp_path}/omniglot/2.tfrecords#1" in listing  # as many as the spec says
+    assert f"{tmp_path}/omniglot/2.tfrecords#2" not in listing
+    with pytest.raises(MtftError) as e:
+        src.decode(f"{tmp_path}/omniglot/2.tfrecords#1", SIZE, opts)
+    assert one_error(e) == (f"{tmp_path}/omniglot/2.tfrecords holds 4 records, but "
+                            f"{tmp_path}/omniglot/dataset_spec.json says images_per_class[2] = 2")
+    shutil.copy(tmp_path / "omniglot" / "0.tfrecords", tmp_path / "omniglot" / "1.tfrecords")
+    with pytest.raises(MtftError) as e:
+        src.decode(f"{tmp_path}/omniglot/1.tfrecords#0", SIZE, opts)
+    assert one_error(e) == f"{tmp_path}/omniglot/1.tfrecords: record 0 has label 0, expected the class id 1"
 
 
 def test_every_reader_names_its_source_and_root(tmp_path):

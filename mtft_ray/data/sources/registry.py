@@ -48,7 +48,7 @@ class FileSource(Source, Protocol):
         ...
 
     def decode(self, file: str, image_size: int, options: BaseModel) -> np.ndarray:
-        """One sample as a fixed-shape uint8 array (``(image_size, image_size, 3)`` for RGB)."""
+        """One sample as a ``(image_size, image_size, 3)`` uint8 RGB array."""
         ...
 
 

@@ -14,6 +14,12 @@ its specific label's name; ``meta["general"]`` maps each class (``"<split>/<name
 category. Images are decoded by ``folder``'s rules, resized (shorter side, bicubic) and
 centre-cropped to ``image_size``.
 
+It is a file source: ``list_files`` names each sample ``<root>/<split>_images_png.pkl#<row>`` and
+``decode`` reads the split's images pickle once per process (kept, one split at a time, for the
+next row), so ``mtft-ray data prepare`` decodes shards in parallel tasks; each task's process then
+holds one split's PNG bytes (the size of that ``_images_png.pkl``). A prepared store's meta has no
+``general`` map (only ``build`` writes it).
+
 Example:
     data:
       source: tieredimagenet
@@ -27,6 +33,8 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,6 +88,52 @@ def _read_labels(path: Path) -> tuple[np.ndarray, list[str], np.ndarray, list[st
     return specific.astype(np.int64), names, general.astype(np.int64), general_names
 
 
+def _rows(specific: np.ndarray, names: list[str], limit: int | None) -> list[int]:
+    """The rows a split contributes: its classes by name, each class's rows in file order (the first ``limit``)."""
+    by_class: dict[int, list[int]] = collections.defaultdict(list)
+    for r, c in enumerate(specific.tolist()):
+        by_class[c].append(r)
+    return [r for c in sorted(by_class, key=names.__getitem__) for r in by_class[c][:limit]]
+
+
+def _read_images(img_path: Path, lab_path: Path, n_labels: int | None = None) -> list | tuple | np.ndarray:
+    """The PNG-encoded images of a split's pickle, checked to be a list of as many images as
+    ``lab_path`` labels (``n_labels``, read from ``lab_path`` when not given)."""
+    data = _load_pickle(img_path)
+    if not isinstance(data, (list, tuple, np.ndarray)):
+        raise MtftError(f"{img_path}: expected a list of PNG-encoded images, got {type(data).__name__}")
+    if n_labels is None:
+        n_labels = len(_read_labels(lab_path)[0])
+    if len(data) != n_labels:
+        raise MtftError(f"{img_path} holds {len(data)} images but {lab_path} labels {n_labels}")
+    return data
+
+
+_IMAGES_SUFFIX = "_images_png.pkl"
+_cache_lock = threading.Lock()
+_cached: dict[tuple[str, int, int], list | tuple | np.ndarray] = {}  # at most one split's images pickle
+
+
+def _cached_images(img_path: str) -> list | tuple | np.ndarray:
+    """The images pickle at ``img_path``, read (and checked against its labels) once and kept for the
+    next :meth:`_TieredImageNet.decode` call; one pickle is kept at a time (the previous one is
+    dropped before the next is read), and its size and modification time are in the key."""
+    name = Path(img_path).name
+    if not name.endswith(_IMAGES_SUFFIX):
+        raise MtftError(f"not a tieredImageNet images pickle: {img_path} (expected <split>{_IMAGES_SUFFIX}#<row>)")
+    try:
+        st = os.stat(img_path)
+    except OSError as e:
+        raise MtftError(f"cannot read {img_path}: {e.strerror or e}") from None
+    key = (img_path, st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        if key not in _cached:
+            _cached.clear()
+            lab_path = Path(img_path).with_name(name.removesuffix(_IMAGES_SUFFIX) + "_labels.pkl")
+            _cached[key] = _read_images(Path(img_path), lab_path)
+        return _cached[key]
+
+
 class _TieredImageNet:
     name = "tieredimagenet"
     Options = TieredImageNetOptions
@@ -90,21 +144,42 @@ class _TieredImageNet:
         h.update(_stat_key([p for _, img, lab in splits for p in (img, lab)], root))
         return h.hexdigest()[:16]
 
+    def list_files(self, options: TieredImageNetOptions) -> list[tuple[str, str, str]]:
+        """Every sample as ``(split, class name, "<root>/<split>_images_png.pkl#<row>")``, in ``build``'s order.
+
+        Only the labels pickles are read here; that a split's images pickle holds as many images as
+        its labels name is checked by :meth:`decode` when it first reads the pickle (the same error
+        ``build`` raises), except for an empty split, checked here.
+        """
+        root, splits = _split_files(options)
+        files = []
+        for split, img_path, lab_path in splits:
+            specific, names, _, _ = _read_labels(lab_path)
+            if not len(specific):
+                _read_images(img_path, lab_path, 0)
+            files += [(split, names[specific[r]], f"{img_path}#{r}")
+                      for r in _rows(specific, names, options.max_per_class)]
+        return files
+
+    def decode(self, file: str, image_size: int, options: TieredImageNetOptions) -> np.ndarray:
+        """Row ``r`` of ``<split>_images_png.pkl#<r>``; the pickle is read once per process and kept
+        (one at a time) for the next row."""
+        img_path, hash_, row = file.rpartition("#")
+        if not hash_ or not row.isdigit():
+            raise MtftError(f"not a tieredImageNet sample: {file} (expected <root>/<split>{_IMAGES_SUFFIX}#<row>)")
+        data, r = _cached_images(img_path), int(row)
+        if r >= len(data):
+            raise MtftError(f"{img_path} holds {len(data)} images, so no row {r}")
+        return _decode_bytes(_as_bytes(data[r]), image_size, file)
+
     def build(self, options: TieredImageNetOptions, image_size: int, seed: int,
               progress: bool = False) -> SampleStore:
         root, splits = _split_files(options)
         images, keys, files, general_of = [], [], [], {}
         for split, img_path, lab_path in splits:
             specific, names, general, general_names = _read_labels(lab_path)
-            data = _load_pickle(img_path)
-            if not isinstance(data, (list, tuple, np.ndarray)):
-                raise MtftError(f"{img_path}: expected a list of PNG-encoded images, got {type(data).__name__}")
-            if len(data) != len(specific):
-                raise MtftError(f"{img_path} holds {len(data)} images but {lab_path} labels {len(specific)}")
-            by_class: dict[int, list[int]] = collections.defaultdict(list)
-            for r, c in enumerate(specific.tolist()):
-                by_class[c].append(r)
-            rows = [r for c in sorted(by_class, key=names.__getitem__) for r in by_class[c][: options.max_per_class]]
+            data = _read_images(img_path, lab_path, len(specific))
+            rows = _rows(specific, names, options.max_per_class)
             with ThreadPoolExecutor(options.workers) as pool:
                 it = pool.map(lambda r: _decode_bytes(_as_bytes(data[r]), image_size, f"{img_path}#{r}"), rows)
                 images += progress_bar(it, progress, total=len(rows), desc=f"decoding {split} images", unit="img")
