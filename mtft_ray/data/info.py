@@ -84,6 +84,6 @@ def memory_line(store, processes: int) -> str:
     what = f"store {size / 1e9:,.2f} GB ({store.num_samples:,} x {shape} {store.images.dtype})"
     if isinstance(store.images, ShardedArray):
         return (f"{what}, memory-mapped: one copy per node in the page cache for all {processes} processes "
-                f"(trials and workers); each maps at most {RELEASE_BYTES >> 20} MB of it at a time, not "
+                f"(trials and workers); each maps at most ~{RELEASE_BYTES >> 20} MB of it at a time, not "
                 f"{processes} x {size / 1e9:,.2f} GB as arrays of their own")
     return f"{what} in memory, in each of {processes} processes: {processes * size / 1e9:,.2f} GB"

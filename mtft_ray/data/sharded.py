@@ -47,9 +47,23 @@ from mtft_ray.io import atomic_write_json
 SCHEMA_VERSION = 1
 HEADER, INDEX, SHARD_DIR = "header.json", "index.parquet", "shards"
 SHARD_BYTES = 256 << 20  # target shard size: big enough for few files, small enough to fetch alone
-# Pages a process has read from its shards count in its RSS until they are unmapped; past this many
-# bytes gathered they are released (the page cache keeps them: reading them again costs no I/O)
-RELEASE_BYTES = 256 << 20
+# Pages a process has read from its shards count in its RSS until they are unmapped; once the
+# process's file-backed RSS has grown by this much since the store was opened they are released
+# (the page cache keeps them: reading them again costs a page fault, no I/O)
+RELEASE_BYTES = 512 << 20
+_CHECK_BYTES = 64 << 20  # gathered between two looks at /proc/self/status
+
+
+def _rss_file() -> int | None:
+    """This process's file-backed resident bytes (Linux ``RssFile``), or None where unknown."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"RssFile:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def rows_per_shard(sample_bytes: int, target: int = SHARD_BYTES) -> int:
@@ -69,10 +83,12 @@ class ShardedArray:
     ``images.index_select(0, ids)``), and ``len``/``shape``/``dtype``/``ndim`` like an array.
     ``np.asarray`` materialises every row (a small store only).
 
-    The pages a gather touches stay mapped (and count in the process's RSS) until
-    ``release_bytes`` have been gathered; then they are handed back with ``madvise(DONTNEED)``,
-    so a pass over a 100 GB store never holds more than that in the process. The page cache,
-    shared by every process on the node, keeps them.
+    The pages a gather touches stay mapped (and count in the process's RSS); once the process's
+    file-backed RSS has grown by ``release_bytes`` since the store was opened (looked at every
+    64 MB gathered; where that is unknown, every ``release_bytes`` gathered) they are handed back
+    with ``madvise(DONTNEED)``, so a pass over a 100 GB store never holds more than that in the
+    process while a store smaller than it stays mapped and is gathered at memory speed. The page
+    cache, shared by every process on the node, keeps the pages either way.
     """
 
     def __init__(self, shards: list[np.ndarray], shard: np.ndarray, row: np.ndarray,
@@ -81,6 +97,7 @@ class ShardedArray:
         self._arrays = [mm.view(np.ndarray) for mm in shards]  # plain views: no memmap subclass per gather
         self.release_bytes = release_bytes
         self._gathered = 0
+        self._baseline = _rss_file()
         self._shard = shard.astype(np.int64)
         self._row = row.astype(np.int64)
         first = shards[0]
@@ -104,13 +121,20 @@ class ShardedArray:
             for i, (k, r) in enumerate(zip(shard.tolist(), row.tolist())):
                 out[i] = arrays[k][r]
         self._gathered += out.nbytes
-        if self._gathered > self.release_bytes:
-            self.release()
+        if self._gathered > _CHECK_BYTES:
+            self._gathered = 0
+            rss = _rss_file()
+            if rss is None or self._baseline is None:
+                self._unknown = getattr(self, "_unknown", 0) + _CHECK_BYTES
+                if self._unknown > self.release_bytes:
+                    self._unknown = 0
+                    self.release()
+            elif rss - self._baseline > self.release_bytes:
+                self.release()
         return out
 
     def release(self) -> None:
         """Unmap the pages read so far from this process (they stay in the page cache)."""
-        self._gathered = 0
         for mm in self.shards:
             _advise(mm, "MADV_DONTNEED")
 

@@ -108,7 +108,7 @@ def bench_memory(work: Path, small: int, large: int, size: int) -> dict:
         cfg.write_text(
             f"name: mem\ndata: {{source: store, options: {{uri: {path}}}, image_size: {size},\n"
             f"       split: {{by: domain, target_domains: 2, val_domains: 1}}}}\n"
-            f"backbone: {{weights: random}}\ntasks: {{n_way: 5, n_shot: 1, n_query: 4, M: 8}}\n"
+            f"backbone: {{weights: none}}\ntasks: {{n_way: 5, n_shot: 1, n_query: 4, M: 8}}\n"
             f"finetune: {{epochs: 1, val_episodes: 50, keep_pretrained: false}}\n"
             f"eval: {{shots: [1], episodes: 300}}\nmethods: [direct, multitask]\n")
         for workers in (0, 2):
@@ -132,6 +132,7 @@ def _tasks(store, n_tasks: int, rng) -> list[np.ndarray]:
 
 
 def _evict(path: Path) -> None:
+    os.sync()  # dirty pages (a store just written) cannot be evicted
     for f in (path / "shards").iterdir():
         fd = os.open(f, os.O_RDONLY)
         try:
@@ -158,8 +159,9 @@ def bench_gather(work: Path, n: int, size: int, n_tasks: int = 2000) -> dict:
     store.images.take(np.arange(n))  # warm the page cache
     warm = [(rate(store.images.take), rate(lambda ids: ram[ids])) for _ in range(3)]
     mm_warm, ram_rate = float(np.median([w[0] for w in warm])), float(np.median([w[1] for w in warm]))
+    store.images.release()  # pages this process maps cannot be evicted: unmap them first
+    del ram
     _evict(path)
-    store.images.release()
     cold = rate(store.images.take)
     return {"store_samples": n, "image_size": size, "task": "5-way x 16 samples", "tasks": n_tasks,
             "in_ram_tasks_per_s": round(ram_rate, 1), "mmap_warm_tasks_per_s": round(mm_warm, 1),
