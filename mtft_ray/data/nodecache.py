@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,10 +33,17 @@ ORIGIN = ".origin.json"  # what the copy was made from: the URI and the remote h
 
 
 def s3_client(endpoint_url: str | None, region: str | None):
+    """A boto3 S3 client for the endpoint (else the AWS environment's); one per process and
+    endpoint, reused (making one costs tens of milliseconds: too much per file read)."""
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return _cached_client(endpoint, region or None, os.getpid())
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_client(endpoint: str | None, region: str | None, pid: int):
     import boto3
     from botocore.config import Config
 
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     return boto3.client("s3", endpoint_url=endpoint, region_name=region or None,
                         config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10))
 

@@ -184,12 +184,12 @@ def _jpeg_tree(root: Path, n: int, size: int) -> Path:
     return root
 
 
-def bench_prepare(work: Path, n: int, size: int) -> dict:
+def bench_prepare(work: Path, n: int, size: int, rows: int = 100) -> dict:
     import boto3
     from moto.server import ThreadedMotoServer
 
     tree = _jpeg_tree(work / "tree", n, size)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # in this process: its GIL is shared
     server.start()
     try:
         host, port = server.get_host_and_port()
@@ -203,25 +203,29 @@ def bench_prepare(work: Path, n: int, size: int) -> dict:
             s3.upload_file(str(f), "bench", f"tree/{f.relative_to(tree)}")
         cfg = work / "prep.yaml"
         cfg.write_text(f"name: p\ndata: {{source: folder, options: {{root: s3://bench/tree}}, image_size: {size}}}\n")
-        shard_mb = 16 * size * size * 3 / 2**20  # 16 images per shard: enough shards to spread
-        out = {"images": n, "image_size": size, "from": "s3 (moto on 127.0.0.1)", "to": "s3", "rows_per_shard": 16}
-        for cpus in (1, 2):
-            cmd = [sys.executable, "-c", "import ray, sys; ray.init(num_cpus=int(sys.argv[1]), include_dashboard=False); "
-                   "from mtft_ray.cli.main import main; sys.exit(main(sys.argv[2:]))", str(cpus),
-                   "data", "prepare", str(cfg), "--out", f"s3://bench/store-{cpus}cpu", "--shard-mb", str(shard_mb),
-                   "--json", "--no-progress"]
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
-            if res.returncode:
-                raise RuntimeError(res.stderr[-3000:])
-            out[f"cpus_{cpus}"] = json.loads(res.stdout.strip().splitlines()[-1])
-        out["speedup_2_vs_1_cpu"] = round(out["cpus_2"]["samples_per_s"] / out["cpus_1"]["samples_per_s"], 3)
+        shard_mb = rows * size * size * 3 / 2**20  # enough shards to spread over the CPUs
+        out = {"images": n, "image_size": size, "from": "s3 (moto on 127.0.0.1)", "to": "s3", "rows_per_shard": rows}
+        local_cfg = work / "prep-local.yaml"
+        local_cfg.write_text(f"name: p\ndata: {{source: folder, options: {{root: {tree}}}, image_size: {size}}}\n")
+        for where, config, target in (("s3", cfg, "s3://bench/store-{}cpu"), ("local", local_cfg, str(work / "local-{}cpu"))):
+            for cpus in (1, 2):
+                cmd = [sys.executable, "-c", "import ray, sys; ray.init(num_cpus=int(sys.argv[1]), include_dashboard=False); "
+                       "from mtft_ray.cli.main import main; sys.exit(main(sys.argv[2:]))", str(cpus),
+                       "data", "prepare", str(config), "--out", target.format(cpus), "--shard-mb", str(shard_mb),
+                       "--json", "--no-progress"]
+                res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+                if res.returncode:
+                    raise RuntimeError(res.stderr[-3000:])
+                out[f"{where}_cpus_{cpus}"] = json.loads(res.stdout.strip().splitlines()[-1])
+            out[f"{where}_speedup_2_vs_1_cpu"] = round(out[f"{where}_cpus_2"]["samples_per_s"]
+                                                      / out[f"{where}_cpus_1"]["samples_per_s"], 3)
 
         # killed midway, run again: finished shards are kept
         cmd = [sys.executable, "-m", "mtft_ray.cli.main", "data", "prepare", str(cfg), "--out", str(work / "killed"),
                "--shard-mb", str(shard_mb), "--parallelism", "1", "--json", "--no-progress"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
                                 start_new_session=True)
-        total = out["cpus_1"]["shards"]
+        total = out["s3_cpus_1"]["shards"]
         shards = work / "killed" / "shards"
         while proc.poll() is None and len(list(shards.glob("*.npy")) if shards.is_dir() else []) < total // 2:
             time.sleep(0.2)
@@ -234,7 +238,7 @@ def bench_prepare(work: Path, n: int, size: int) -> dict:
         again = json.loads(res.stdout.strip().splitlines()[-1])
         out["killed_midway"] = {"shards": total, "finished_when_killed": finished, "rerun_kept": again["kept"],
                                 "rerun_written": again["written"],
-                                "same_fingerprint_as_uninterrupted": again["fingerprint"] == out["cpus_1"]["fingerprint"]}
+                                "same_fingerprint_as_uninterrupted": again["fingerprint"] == out["s3_cpus_1"]["fingerprint"]}
         return out
     finally:
         server.stop()
@@ -247,6 +251,7 @@ def main() -> None:
     p.add_argument("--large", type=int, default=200000)
     p.add_argument("--images", type=int, default=1200)
     p.add_argument("--size", type=int, default=96)
+    p.add_argument("--rows", type=int, default=100, help="prepare: images per shard")
     p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     a = p.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="mtft-store-bench-"))
@@ -256,7 +261,7 @@ def main() -> None:
     elif a.what == "gather":
         r = bench_gather(work, a.small, a.size)
     else:
-        r = bench_prepare(work, a.images, a.size)
+        r = bench_prepare(work, a.images, a.size, a.rows)
     print(json.dumps({a.what: r, "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0]}, indent=1))
 
 
