@@ -22,10 +22,10 @@ from mtft_ray.data.store import SampleStore
 
 
 def cache_root(data: DataConfig | None = None) -> Path:
-    """``data.cache_dir``, else ``$MTFT_RAY_CACHE``, else ``~/.cache/mtft-ray``."""
+    """``data.cache_dir``, else ``$MTFT_RAY_CACHE`` (when not empty), else ``~/.cache/mtft-ray``."""
     if data is not None and data.cache_dir:
         return Path(data.cache_dir).expanduser()
-    return Path(os.environ.get("MTFT_RAY_CACHE", "~/.cache/mtft-ray")).expanduser()
+    return Path(os.environ.get("MTFT_RAY_CACHE") or "~/.cache/mtft-ray").expanduser()  # set but empty: the default
 
 
 def cached_store_path(data: DataConfig, seed: int = 0) -> Path:
