@@ -390,7 +390,9 @@ def read_trials_csv(storage: Storage, name: str = "trials.csv") -> list[dict] | 
     if not storage.exists(name):
         return None
     text = storage.read_bytes(name).decode()
-    return [{k: _parse(v) for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(io.StringIO(text))]
+    # ids stay text: a hex trial id such as 638254e7 would otherwise read back as the float 6.38e12
+    return [{k: v if k == "trial_id" or k.endswith("_id") else _parse(v) for k, v in row.items() if v not in (None, "")}
+            for row in csv.DictReader(io.StringIO(text))]
 
 
 def _parse(v: str) -> Any:

@@ -244,3 +244,16 @@ def test_a_segment_whose_tuner_saved_no_state_is_run_from_its_start_not_restored
     assert _segment_has_state(storage, {"started": written - 30})  # the segment's own state
     assert not _segment_has_state(storage, {"started": written + 30})  # only an earlier segment's
     assert not _segment_has_state(open_storage(StorageConfig(path=str(tmp_path / "none"))), {"started": 0.0})
+
+
+def test_a_hex_trial_id_that_looks_like_a_number_reads_back_as_text(tmp_path):
+    """638254e7 is a valid float: trials.csv once read it back as 6.38e12 and a resumed sweep's
+    first trials no longer matched their ids (seen in CI)."""
+    from mtft_ray.config.schema import StorageConfig
+    from mtft_ray.storage import open_storage
+    from mtft_ray.sweep.tuner import read_trials_csv, trials_csv
+
+    storage = open_storage(StorageConfig(path=str(tmp_path)))
+    storage.write_bytes(trials_csv([{"trial_id": "638254e7", "acc_1shot": 0.5, "finetune.lr": 1e-4}]).encode(),
+                        "trials.csv")
+    assert read_trials_csv(storage) == [{"trial_id": "638254e7", "acc_1shot": 0.5, "finetune.lr": 1e-4}]
