@@ -159,6 +159,7 @@ def bench_gather(work: Path, n: int, size: int, n_tasks: int = 2000) -> dict:
     store.images.take(np.arange(n))  # warm the page cache
     warm = [(rate(store.images.take), rate(lambda ids: ram[ids])) for _ in range(3)]
     mm_warm, ram_rate = float(np.median([w[0] for w in warm])), float(np.median([w[1] for w in warm]))
+    other = _lance_rate(work, store, ram, tasks[:500])  # the same tasks through Lance, where installed
     store.images.release()  # pages this process maps cannot be evicted: unmap them first
     del ram
     _evict(path)
@@ -166,7 +167,36 @@ def bench_gather(work: Path, n: int, size: int, n_tasks: int = 2000) -> dict:
     return {"store_samples": n, "image_size": size, "task": "5-way x 16 samples", "tasks": n_tasks,
             "in_ram_tasks_per_s": round(ram_rate, 1), "mmap_warm_tasks_per_s": round(mm_warm, 1),
             "mmap_cold_tasks_per_s": round(cold, 1), "warm_ratio": round(mm_warm / ram_rate, 3),
-            "cold_ratio": round(cold / ram_rate, 3)}
+            "cold_ratio": round(cold / ram_rate, 3),
+            **({"lance_warm_tasks_per_s": round(other, 1), "lance_ratio": round(other / ram_rate, 3)} if other else
+               {"lance": "not installed (pip install pylance) - not compared"})}
+
+
+def _lance_rate(work: Path, store, ram: np.ndarray, tasks: list[np.ndarray]) -> float | None:
+    """Tasks/s of Lance's random ``take`` by row over the same images (one fixed-size binary column),
+    the layout the store was compared against; None without ``pylance``."""
+    try:
+        import lance
+        import pyarrow as pa
+    except ImportError:
+        return None
+    path = work / f"lance-{len(ram)}.lance"
+    if not path.exists():
+        row = int(np.prod(ram.shape[1:]))
+        col = pa.FixedSizeBinaryArray.from_buffers(pa.binary(row), len(ram), [None, pa.py_buffer(ram.reshape(-1))])
+        lance.write_dataset(pa.table({"image": col, "label": pa.array(store.labels)}), str(path))
+    ds = lance.dataset(str(path))
+
+    def take(ids):
+        col = ds.take(ids, columns=["image"]).column("image").combine_chunks()
+        return np.frombuffer(col.buffers()[1], np.uint8).reshape(len(ids), *ram.shape[1:])
+
+    assert np.array_equal(take(tasks[0]), ram[tasks[0]])
+    take(tasks[0])
+    t0 = time.perf_counter()
+    for ids in tasks:
+        take(ids)
+    return len(tasks) / (time.perf_counter() - t0)
 
 
 def _jpeg_tree(root: Path, n: int, size: int) -> Path:
