@@ -198,6 +198,8 @@ def prepare(data: DataConfig, out: str, *, seed: int = 0, parallelism: int | Non
             raise MtftError(f"shard {target.uri}/{shard_name(k)} has {size} bytes after writing, expected {sizes[k]}")
         shards.append({"file": shard_name(k), "rows": e - s, "bytes": size})
     meta = dict(index_store.meta if store is not None else {"source": source.name})
+    if store is None and callable(getattr(source, "store_meta", None)):  # what a FileSource's build would record
+        meta.update(source.store_meta(options))
     meta.update(source=source.name, image_size=data.image_size, options=options.model_dump(mode="json"))
     index_store = SampleStore(images=RowSpec(n, shape, dtype),
                               labels=index_store.labels, domains=index_store.domains,

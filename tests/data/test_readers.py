@@ -399,3 +399,14 @@ def test_every_reader_names_its_source_and_root(tmp_path):
         assert len(store.files) == store.num_samples
         counts[name] = store.num_samples
     assert counts == {"domainnet": 1, "miniimagenet": 3, "tieredimagenet": 3, "metadataset": 14}
+
+
+def test_a_prepared_store_records_what_build_does(tmp_path):
+    """data prepare writes a FileSource's store_meta: the published split, tiered's categories."""
+    write_tiered(tmp_path, {"train": 3, "val": 2, "test": 2}, per_class=2)
+    source = get_source("tieredimagenet")
+    options = source.Options(root=str(tmp_path))
+    built = source.build(options, 12, 0)
+    extra = source.store_meta(options)
+    assert extra["general"] == built.meta["general"] and len(extra["general"]) == 7
+    assert extra["split"] == built.meta["split"] == {"by": "domain", "target_domains": ["test"], "val_domains": ["val"]}

@@ -276,9 +276,13 @@ class _MiniImageNet:
             rows += [(split, c, int(r)) for c in sorted(classes) for r in classes[c][: opt.max_per_class]]
         return rows
 
+    def store_meta(self, options: MiniImageNetOptions) -> dict:
+        """What a store records beside its samples: the published 64/16/20 split as ``data.split``."""
+        return {"split": {"by": "domain", "target_domains": ["test"], "val_domains": ["val"]}}
+
     def build(self, options: MiniImageNetOptions, image_size: int, seed: int, progress: bool = False) -> SampleStore:
         root, fmt = _layout(options)
-        meta = {"source": self.name, "root": str(root.resolve()), "format": fmt}
+        meta = {"source": self.name, "root": str(root.resolve()), "format": fmt, **self.store_meta(options)}
         if fmt == "csv":
             files = _csv_files(root, options)
             with ThreadPoolExecutor(options.workers) as pool:

@@ -17,8 +17,8 @@ centre-cropped to ``image_size``.
 It is a file source: ``list_files`` names each sample ``<root>/<split>_images_png.pkl#<row>`` and
 ``decode`` reads the split's images pickle once per process (kept, one split at a time, for the
 next row), so ``mtft-ray data prepare`` decodes shards in parallel tasks; each task's process then
-holds one split's PNG bytes (the size of that ``_images_png.pkl``). A prepared store's meta has no
-``general`` map (only ``build`` writes it).
+holds one split's PNG bytes (the size of that ``_images_png.pkl``). ``store_meta`` gives a
+prepared store the same ``general`` map and the published split.
 
 Example:
     data:
@@ -48,6 +48,8 @@ from mtft_ray.errors import MtftError
 from mtft_ray.progress import progress as progress_bar
 
 _VERSION = 1
+# the benchmark's own class split, as data.split (recorded in the store; `mtft-ray data info` shows it)
+PUBLISHED_SPLIT = {"by": "domain", "target_domains": ["test"], "val_domains": ["val"]}
 _LABEL_KEYS = ("label_specific", "label_specific_str", "label_general", "label_general_str")
 
 
@@ -172,6 +174,17 @@ class _TieredImageNet:
             raise MtftError(f"{img_path} holds {len(data)} images, so no row {r}")
         return _decode_bytes(_as_bytes(data[r]), image_size, file)
 
+    def store_meta(self, options: TieredImageNetOptions) -> dict:
+        """What ``data prepare`` keeps in a prepared store's header beside the samples: each
+        class's ImageNet category and the published split (read from the labels pickles only)."""
+        _, splits = _split_files(options)
+        general_of = {}
+        for split, _, lab_path in splits:
+            specific, names, general, general_names = _read_labels(lab_path)
+            for r in _rows(specific, names, options.max_per_class):
+                general_of.setdefault(f"{split}/{names[specific[r]]}", general_names[general[r]])
+        return {"general": general_of, "split": PUBLISHED_SPLIT}
+
     def build(self, options: TieredImageNetOptions, image_size: int, seed: int,
               progress: bool = False) -> SampleStore:
         root, splits = _split_files(options)
@@ -188,7 +201,8 @@ class _TieredImageNet:
             files += [f"{img_path.name}#{r}" for r in rows]
             for r in rows:
                 general_of.setdefault(f"{split}/{names[specific[r]]}", general_names[general[r]])
-        meta = {"source": self.name, "root": str(root.resolve()), "files": len(files), "general": general_of}
+        meta = {"source": self.name, "root": str(root.resolve()), "files": len(files), "general": general_of,
+                "split": PUBLISHED_SPLIT}
         return build_store(images, keys, meta, files=files)
 
 
