@@ -25,9 +25,11 @@ import shutil
 import time
 from pathlib import Path
 
+from mtft_ray.config.schema import StorageConfig
 from mtft_ray.data.sharded import HEADER, INDEX
 from mtft_ray.errors import MtftError
 from mtft_ray.io import atomic_write_json
+from mtft_ray.storage import endpoint_url as storage_endpoint
 
 ORIGIN = ".origin.json"  # what the copy was made from: the URI and the remote header's size and time
 
@@ -35,7 +37,7 @@ ORIGIN = ".origin.json"  # what the copy was made from: the URI and the remote h
 def s3_client(endpoint_url: str | None, region: str | None):
     """A boto3 S3 client for the endpoint (else the AWS environment's); one per process and
     endpoint, reused (making one costs tens of milliseconds: too much per file read)."""
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    endpoint = storage_endpoint(StorageConfig(endpoint_url=endpoint_url))  # the config's, else the AWS environment's
     return _cached_client(endpoint, region or None, os.getpid())
 
 

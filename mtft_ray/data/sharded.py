@@ -97,7 +97,8 @@ class ShardedArray:
         self.shards = shards
         self._arrays = [mm.view(np.ndarray) for mm in shards]  # plain views: no memmap subclass per gather
         self.release_bytes = release_bytes
-        self._gathered = 0
+        self._gathered = 0  # bytes gathered since the last look at the RSS
+        self._unknown = 0  # where the RSS is unknown: bytes gathered since the last release
         self._baseline = _rss_file()
         self._shard = shard.astype(np.int64)
         self._row = row.astype(np.int64)
@@ -126,7 +127,7 @@ class ShardedArray:
             self._gathered = 0
             rss = _rss_file()
             if rss is None or self._baseline is None:
-                self._unknown = getattr(self, "_unknown", 0) + _CHECK_BYTES
+                self._unknown += _CHECK_BYTES
                 if self._unknown > self.release_bytes:
                     self._unknown = 0
                     self.release()

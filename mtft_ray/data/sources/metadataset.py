@@ -41,7 +41,7 @@ from google.protobuf.message import DecodeError
 from tfrecord.reader import tfrecord_loader
 
 from mtft_ray.config.sources import MetaDatasetOptions
-from mtft_ray.data.sources.miniimagenet import _decode_bytes, _root
+from mtft_ray.data.sources.miniimagenet import _decode_bytes, _root, archive_row
 from mtft_ray.data.sources.registry import register
 from mtft_ray.data.store import SampleStore, build_store
 from mtft_ray.errors import MtftError
@@ -244,13 +244,11 @@ class _MetaDataset:
     def decode(self, file: str, image_size: int, options: MetaDatasetOptions) -> np.ndarray:
         """Record ``k`` of ``<class id>.tfrecords#<k>``; the class file is read once per process and kept
         (one at a time) for the next record."""
-        path, hash_, k = file.rpartition("#")
-        if not hash_ or not k.isdigit():
-            raise MtftError(f"not a Meta-Dataset sample: {file} (expected <root>/<source>/<class id>.tfrecords#<k>)")
+        path, k = archive_row(file, "Meta-Dataset", "<root>/<source>/<class id>.tfrecords#<k>")
         data = _cached_class(Path(path), options.max_per_class)
-        if int(k) >= len(data):
+        if k >= len(data):
             raise MtftError(f"{path}: no record {k} (of the {len(data)} read)")
-        return _decode_bytes(data[int(k)], image_size, file)
+        return _decode_bytes(data[k], image_size, file)
 
     def build(self, options: MetaDatasetOptions, image_size: int, seed: int, progress: bool = False) -> SampleStore:
         root = _root(options, "metadataset", _LAYOUT)

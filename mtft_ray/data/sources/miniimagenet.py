@@ -119,6 +119,18 @@ def _decode_bytes(data: bytes, size: int, where: str) -> np.ndarray:
     return _decode(io.BytesIO(data), size, _WHITE, name=where)
 
 
+def archive_row(file: str, what: str, expected: str) -> tuple[str, int]:
+    """``"<archive>#<row>"`` (a sample inside a pickle or TFRecord file) as ``(archive, row)``.
+
+    Raises:
+        MtftError: ``file`` is not of that form; the message names ``what`` and the ``expected`` form.
+    """
+    path, hash_, row = file.rpartition("#")
+    if not hash_ or not row.isdigit():
+        raise MtftError(f"not a {what} sample: {file} (expected {expected})")
+    return path, int(row)
+
+
 def _stat_key(paths: list[Path], root: Path) -> bytes:
     """Names, sizes and modification times of ``paths`` (relative to ``root``), for a fingerprint."""
     out = []

@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from mtft_ray.config.sources import TieredImageNetOptions
-from mtft_ray.data.sources.miniimagenet import SPLITS, _as_bytes, _decode_bytes, _load_pickle, _root, _stat_key, _text
+from mtft_ray.data.sources.miniimagenet import (SPLITS, _as_bytes, _decode_bytes, _load_pickle, _root, _stat_key,
+                                                _text, archive_row)
 from mtft_ray.data.sources.registry import register
 from mtft_ray.data.store import SampleStore, build_store
 from mtft_ray.errors import MtftError
@@ -166,10 +167,8 @@ class _TieredImageNet:
     def decode(self, file: str, image_size: int, options: TieredImageNetOptions) -> np.ndarray:
         """Row ``r`` of ``<split>_images_png.pkl#<r>``; the pickle is read once per process and kept
         (one at a time) for the next row."""
-        img_path, hash_, row = file.rpartition("#")
-        if not hash_ or not row.isdigit():
-            raise MtftError(f"not a tieredImageNet sample: {file} (expected <root>/<split>{_IMAGES_SUFFIX}#<row>)")
-        data, r = _cached_images(img_path), int(row)
+        img_path, r = archive_row(file, "tieredImageNet", f"<root>/<split>{_IMAGES_SUFFIX}#<row>")
+        data = _cached_images(img_path)
         if r >= len(data):
             raise MtftError(f"{img_path} holds {len(data)} images, so no row {r}")
         return _decode_bytes(_as_bytes(data[r]), image_size, file)
