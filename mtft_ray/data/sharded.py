@@ -52,6 +52,7 @@ SHARD_BYTES = 256 << 20  # target shard size: big enough for few files, small en
 # process's file-backed RSS has grown by this much since the store was opened they are released
 # (the page cache keeps them: reading them again costs a page fault, no I/O)
 RELEASE_BYTES = 512 << 20
+MAP_ENV = "MTFT_RAY_MAP_MB"  # overrides RELEASE_BYTES, in MB (a node with RAM to spare maps a whole store)
 _CHECK_BYTES = 64 << 20  # gathered between two looks at /proc/self/status
 
 
@@ -65,6 +66,21 @@ def _rss_file() -> int | None:
     except OSError:
         pass
     return None
+
+
+def map_budget() -> int:
+    """Bytes of shard pages a process keeps mapped before it hands them back: ``$MTFT_RAY_MAP_MB``
+    (MB) or :data:`RELEASE_BYTES`."""
+    raw = os.environ.get(MAP_ENV, "").strip()
+    if not raw:
+        return RELEASE_BYTES
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1
+    if mb <= 0:
+        raise MtftError(f"${MAP_ENV}={raw!r}: give the MB of store pages a process may keep mapped (a positive number)")
+    return int(mb * (1 << 20))
 
 
 def rows_per_shard(sample_bytes: int, target: int = SHARD_BYTES) -> int:
@@ -86,22 +102,25 @@ class ShardedArray:
 
     The pages a gather touches stay mapped (and count in the process's RSS); once the process's
     file-backed RSS has grown by ``release_bytes`` since the store was opened (looked at every
-    64 MB gathered; where that is unknown, every ``release_bytes`` gathered) they are handed back
+    64 MB gathered, and only in a store larger than that; where the RSS is unknown, every
+    ``release_bytes`` gathered) they are handed back
     with ``madvise(DONTNEED)``, so a pass over a 100 GB store never holds more than that in the
     process while a store smaller than it stays mapped and is gathered at memory speed. The page
-    cache, shared by every process on the node, keeps the pages either way.
+    cache, shared by every process on the node, keeps the pages either way. ``release_bytes``
+    defaults to :func:`map_budget` (``$MTFT_RAY_MAP_MB``, else 512 MB).
     """
 
     def __init__(self, shards: list[np.ndarray], shard: np.ndarray, row: np.ndarray,
-                 release_bytes: int = RELEASE_BYTES):
+                 release_bytes: int | None = None):
         self.shards = shards
         self._arrays = [mm.view(np.ndarray) for mm in shards]  # plain views: no memmap subclass per gather
-        self.release_bytes = release_bytes
+        self.release_bytes = map_budget() if release_bytes is None else release_bytes
         self._gathered = 0  # bytes gathered since the last look at the RSS
         self._unknown = 0  # where the RSS is unknown: bytes gathered since the last release
         self._baseline = _rss_file()
         self._shard = shard.astype(np.int64)
         self._row = row.astype(np.int64)
+        self.mapped_bytes = sum(mm.nbytes for mm in shards)  # a store within the budget is never released
         first = shards[0]
         self.dtype = first.dtype
         self.shape = (len(self._shard), *first.shape[1:])
@@ -117,13 +136,10 @@ class ShardedArray:
         first = shard[0] if len(shard) else 0
         if len(self._arrays) == 1 or (shard == first).all():  # one shard: one gather, as from an array
             out = self._arrays[first].take(row, axis=0)
-        else:  # row by row into one output: measured faster than a gather per shard plus a scatter
-            out = np.empty((len(ids), *self.shape[1:]), self.dtype)
-            arrays = self._arrays
-            for i, (k, r) in enumerate(zip(shard.tolist(), row.tolist())):
-                out[i] = arrays[k][r]
+        else:
+            out = self._gather_runs(shard, row)
         self._gathered += out.nbytes
-        if self._gathered > _CHECK_BYTES:
+        if self._gathered > _CHECK_BYTES and self.mapped_bytes > self.release_bytes:
             self._gathered = 0
             rss = _rss_file()
             if rss is None or self._baseline is None:
@@ -131,8 +147,31 @@ class ShardedArray:
                 if self._unknown > self.release_bytes:
                     self._unknown = 0
                     self.release()
-            elif rss - self._baseline > self.release_bytes:
-                self.release()
+            else:
+                # other mappings of the process may have gone since (another store closed): growth
+                # counts from the lowest RSS seen, never from a baseline it can no longer reach
+                self._baseline = min(self._baseline, rss)
+                if rss - self._baseline > self.release_bytes:
+                    self.release()
+        return out
+
+    def _gather_runs(self, shard: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """Rows from several shards into one output, a gather per run of ids in one shard.
+
+        Episodes list their samples class by class and a store keeps a class's samples together,
+        so a task's ids fall in a few runs (about two per class): each run is one ``np.take``
+        straight into its slice of the output, with no scatter and no Python loop per row. Ids in
+        random shard order (a shuffled batch) make runs of one row, copied one by one.
+        """
+        out = np.empty((len(shard), *self.shape[1:]), self.dtype)
+        arrays = self._arrays
+        bounds = [0, *(np.flatnonzero(shard[1:] != shard[:-1]) + 1).tolist(), len(shard)]
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            src = arrays[shard[s]]
+            if e - s == 1:
+                out[s] = src[row[s]]
+            else:
+                np.take(src, row[s:e], axis=0, out=out[s:e], mode="clip")  # ids checked at open; "raise" would buffer the output
         return out
 
     def release(self) -> None:

@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mtft_ray.data.sharded import (HEADER, INDEX, ShardedArray, as_rows, listing_fingerprint, open_store,
-                                   write_store)
+from mtft_ray.data import sharded as sharded_mod
+from mtft_ray.data.sharded import (HEADER, INDEX, MAP_ENV, ShardedArray, as_rows, listing_fingerprint, map_budget,
+                                   open_store, write_store)
 from mtft_ray.errors import MtftError
 from tests.conftest import make_store
 
@@ -37,6 +38,53 @@ def test_round_trip_gathers_the_same_rows_across_shards(sharded, small_store):
     assert (store.class_names, store.domain_names) == (small_store.class_names, small_store.domain_names)
     assert np.array_equal(store.class_domain, small_store.class_domain) and store.meta == small_store.meta
     assert listing_fingerprint(store) == listing_fingerprint(small_store)
+
+
+def test_gathers_in_runs_give_rows_in_the_order_asked(sharded, small_store):
+    """Class-major episode ids (long runs in one shard), runs that straddle shard edges, single
+    rows, repeats and reversed order all come back exactly as from the array."""
+    store, _ = sharded
+    by_class = store.samples_by_class()
+    rng = np.random.default_rng(3)
+    episode = np.concatenate([rng.choice(by_class[c], 4, replace=False) for c in rng.choice(len(by_class), 5)])
+    for ids in (episode, np.arange(240)[::-1], np.arange(5, 30), np.array([6, 7, 7, 6, 200, 0, 0, 13]),
+                np.array([239]), np.zeros(0, np.int64)):
+        got = store.images.take(ids)
+        assert got.shape == (len(ids), *small_store.images.shape[1:])
+        assert np.array_equal(got, small_store.images[ids])
+
+
+def test_a_store_within_the_map_budget_is_never_released(sharded, monkeypatch):
+    """Releasing pages costs a fault on every later read: a store that fits the budget keeps them
+    whatever the process's RSS does; past the budget it is released, also after other mappings
+    shrank the RSS below the one seen at open."""
+    store, _ = sharded
+    images = store.images
+    calls = []
+    monkeypatch.setattr(ShardedArray, "release", lambda self: calls.append(1))
+    monkeypatch.setattr(sharded_mod, "_CHECK_BYTES", 1)
+    rss = iter([10**12] * 4)  # an RSS far above the baseline: past any budget
+    monkeypatch.setattr(sharded_mod, "_rss_file", lambda: next(rss))
+    images.release_bytes = images.mapped_bytes
+    images.take(np.arange(240))
+    assert calls == []  # the whole store fits: never released
+    images.release_bytes, images._baseline = images.mapped_bytes // 2, 2 * 10**12  # another mapping has gone
+    images.take(np.arange(240))
+    assert calls == []  # the RSS dropped below the baseline: growth counts from there
+    images._baseline = 0
+    images.take(np.arange(240))
+    assert calls == [1]
+
+
+def test_the_map_budget_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(MAP_ENV, raising=False)
+    assert map_budget() == sharded_mod.RELEASE_BYTES
+    monkeypatch.setenv(MAP_ENV, "2048")
+    assert map_budget() == 2048 << 20
+    for bad in ("lots", "0", "-5"):
+        monkeypatch.setenv(MAP_ENV, bad)
+        with pytest.raises(MtftError, match=MAP_ENV):
+            map_budget()
 
 
 def test_fingerprint_comes_from_index_and_build_key_not_pixels(tmp_path, small_store):
