@@ -169,7 +169,7 @@ def bench_gather(work: Path, n: int, size: int, n_tasks: int = 2000) -> dict:
 
     for layout in ("interleaved", "as_written"):  # the store as written last: its pages are the warm ones below
         path = generate(work / f"store-{n}-{size}{'-interleaved' if layout == 'interleaved' else ''}", n, size,
-                        interleaved=layout == "interleaved")
+                        n_domains=min(100, max(1, n // 160)), interleaved=layout == "interleaved")  # >= 16 a class
         store = open_store(path)
         ram = np.asarray(store.images)  # the same rows, one array in memory
         tasks = _tasks(store, n_tasks, rng)
